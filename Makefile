@@ -1,0 +1,32 @@
+# mm2ct — every target creates .venv on first use (torch pinned first: see README "Install").
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+PROFILE    ?= demo
+export MPLBACKEND ?= Agg
+
+.PHONY: install reproduce test lab bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[notebooks,test]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mm2ct)" >/dev/null
+	@touch $@
+
+install: $(VENV)/.installed
+
+reproduce: install   ## run every notebook with papermill (PROFILE=demo by default) -> reports/$(PROFILE)/
+	$(VENV)/bin/mm2ct reproduce --profile $(PROFILE)
+
+test: install        ## unit tests + every notebook through nbval (smoke profile)
+	$(VENV)/bin/pytest
+
+lab: install         ## open the notebooks in JupyterLab
+	$(VENV)/bin/jupyter lab notebooks
+
+bench: install       ## benchmark scripts (ratio tables)
+	$(PY) benchmarks/selective_scan.py
+
+clean:
+	rm -rf runs reports/smoke reports/*/executed data/generated data/cache

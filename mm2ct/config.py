@@ -1,0 +1,251 @@
+"""Configuration: one dataclass tree whose defaults are the paper's settings.
+
+Read it top to bottom: every default below is what MM2CT (Gong et al. 2025) or, where the paper is silent,
+SynDiff / MambaDFuse use (``docs/method.md``, "Open choices" numbers in brackets).  Profiles
+(``mm2ct/profiles/{smoke,demo,paper}.yaml``) override a subset of fields; ``load_profile`` validates every key
+and type so that a typo in a profile or an override is an error, never silently ignored.
+
+    >>> cfg = load_profile("smoke", train={"epochs": 2})
+    >>> cfg.fusion.embed_dim
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROFILES = ("smoke", "demo", "paper")
+
+
+class ConfigError(ValueError):
+    """A profile file or an override names an unknown key or gives a value of the wrong type."""
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None          # dataset folder; None -> the embedded phantom, generated under data/generated/
+    layout: str = "auto"             # auto | phantom | nifti | goldatlas | synthrad | syndiff_mat
+    n_patients: int = 15             # Gold Atlas: the first 15 subjects (SynDiff issue #6) [open choice 1]
+    split: tuple[int, int, int] = (9, 2, 4)  # train / val / test patients [open choice 1]
+    split_seed: int = 0              # patient shuffling seed for the split
+    image_size: int = 256            # slices zero-padded / centre-cropped to this size [open choice 2]
+    hu_min: float = -1024.0          # CT window mapped to [-1, 1] (int16 HU range of SynthRAD releases)
+    hu_max: float = 3071.0
+    mr_norm: str = "syndiff"         # syndiff (volume mean -> 1, global max -> 1) | robust (percentiles in body)
+    phantom_grid: str = "gold"       # phantom grid preset: gold (256^2 @1.75 mm) | coarse | tiny
+    phantom_slices: int = 56         # slices per phantom patient (48-64 in data.md §4.1)
+    phantom_seed: int = 0            # patient p gets seed phantom_seed + p
+    slices_per_patient: int | None = None  # keep only this many central slices (None: all with body)
+    unpaired: bool = True            # shuffle subject identities between MR and CT (SynDiff issue #45) [5]
+
+
+@dataclass
+class ScanConfig:
+    backend: str = "auto"            # auto | cuda | cpu | torch | ref  (env MM2CT_SCAN_BACKEND overrides auto)
+
+
+@dataclass
+class FusionConfig:
+    embed_dim: int = 60              # C (MambaDFuse MIF config) [open choice 9]
+    n_extract: int = 8               # Mamba blocks per modality
+    n_swap: int = 2                  # channel-swapping Mamba blocks (shallow fusion)
+    n_m3: int = 5                    # cross-modal M3 blocks (deep fusion)
+    n_recon: int = 8                 # reconstruction Mamba blocks
+    d_state: int = 16                # N of the selective SSM [open choice 10]
+    d_conv: int = 4                  # causal depthwise conv width
+    expand: int = 2                  # d_inner = expand * C
+    mamba: bool = True               # Table 2 switch: False -> conv-only fusion of cat(T1, T2)
+    de: bool = True                  # Table 2 switch: dynamic enhancement (LDC + difference-aware attention)
+
+
+@dataclass
+class TranslatorConfig:
+    num_timesteps: int = 4           # T of the adversarial diffusion (SynDiff)
+    beta_min: float = 0.1            # VP schedule
+    beta_max: float = 20.0
+    nf: int = 64                     # NCSN++ base width
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4, 4)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)
+    nz: int = 100                    # latent z size
+    z_emb_dim: int = 256             # mapping-network width
+    n_mlp: int = 3                   # mapping-network depth
+    t_emb_dim: int = 256             # discriminator time embedding
+    disc_ngf: int = 64               # diffusive discriminator width
+    ngf: int = 64                    # ResNet non-diffusive generator width
+    n_blocks_nd: int = 6             # ResNet-6
+    ndf: int = 64                    # PatchGAN width
+    n_layers_d: int = 3              # PatchGAN depth
+
+
+@dataclass
+class TrainConfig:
+    models: tuple[str, ...] = ("cyclegan_t1", "cyclegan_t2", "syndiff_t1", "syndiff_t2", "mm2ct")
+    batch_size: int = 4              # MM2CT §4.2
+    epochs: int = 100                # MM2CT §4.2
+    max_steps_per_epoch: int | None = None  # cap (profiles use it to bound CPU time)
+    lr_g: float = 1.6e-4             # generators and fusion module (SynDiff README) [15]
+    lr_d: float = 1.0e-4             # discriminators
+    beta1: float = 0.5               # Adam betas (SynDiff)
+    beta2: float = 0.9
+    lr_min: float = 1.0e-5           # cosine decay floor
+    ema_decay: float = 0.999         # EMA on generators + fusion module [17]
+    lambda_l1: float = 0.5           # cycle and diffusive L1 weight [18]
+    lambda_cyc_cyclegan: float = 10.0  # CycleGAN baseline cycle weight
+    r1_gamma: float = 1.0            # R1 penalty on the diffusive discriminator
+    lazy_reg: int = 10               # R1 every lazy_reg steps
+    val_every: int = 1               # epochs between validations (best val PSNR picks the checkpoint) [19]
+    seed: int = 42
+    seeds: tuple[int, ...] = (42,)   # several seeds -> mean +/- std in the reports
+    amp: bool = False                # bf16/fp16 autocast on CUDA
+    num_workers: int = 0
+    device: str = "auto"             # auto | cpu | cuda
+
+
+@dataclass
+class EvalConfig:
+    seed: int = 42                   # fixed sampling seed (SynDiff test.py) [21]
+    n_samples: int = 1               # diffusion samples per slice (>1: mean and spread)
+    max_test_slices: int | None = None  # cap for quick profiles
+    figure_slices: int = 3           # test slices shown in Fig. 4
+
+
+@dataclass
+class Config:
+    profile: str = "paper"
+    data: DataConfig = field(default_factory=DataConfig)
+    scan: ScanConfig = field(default_factory=ScanConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    translator: TranslatorConfig = field(default_factory=TranslatorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (lists -> tuples, int -> float)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: cannot be None")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported annotation {tp!r}")  # pragma: no cover - programming error
+
+
+def _apply(obj: Any, updates: dict[str, Any], where: str) -> None:
+    if not isinstance(updates, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {updates!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in updates.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(f"unknown key {path!r}; known keys here: {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, path)
+        else:
+            setattr(obj, key, _coerce(value, hints[key], path))
+
+
+def profile_path(name: str) -> Path:
+    return Path(str(resources.files("mm2ct") / "profiles" / f"{name}.yaml"))
+
+
+def from_dict(d: dict[str, Any], source: str = "<dict>") -> Config:
+    """Build a validated Config from a (possibly partial) nested dict."""
+    cfg = Config()
+    try:
+        _apply(cfg, d, "")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return cfg
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_profile(name: str = "smoke", data_dir: str | os.PathLike | None = None, **overrides: Any) -> Config:
+    """Load a shipped profile (or a YAML file path), apply overrides, validate everything.
+
+    ``data_dir`` (or env ``MM2CT_DATA_DIR`` when not given) sets ``data.root``; overrides are nested dicts per
+    section, e.g. ``load_profile("demo", train={"epochs": 3})``.
+    """
+    path = Path(name) if str(name).endswith((".yaml", ".yml")) else profile_path(name)
+    if not path.is_file():
+        raise ConfigError(f"unknown profile {name!r}: no file {path} (shipped profiles: {', '.join(PROFILES)})")
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw.setdefault("profile", path.stem)
+    merged = _merge(raw, overrides)
+    if data_dir is None:
+        data_dir = os.environ.get("MM2CT_DATA_DIR") or None
+    if data_dir is not None:
+        merged = _merge(merged, {"data": {"root": str(data_dir)}})
+    return from_dict(merged, source=str(path))
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+    os.replace(tmp, path)
