@@ -1,0 +1,66 @@
+"""Config: profile loading, validation errors, overrides and round trips."""
+from __future__ import annotations
+
+import pytest
+
+from mm2ct.config import PROFILES, Config, ConfigError, from_dict, load_profile, save_config
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_shipped_profiles_load(name: str) -> None:
+    cfg = load_profile(name)
+    assert cfg.profile == name
+    assert sum(cfg.data.split) <= cfg.data.n_patients
+
+
+def test_defaults_are_the_paper_settings() -> None:
+    cfg = Config()
+    assert (cfg.train.batch_size, cfg.train.epochs) == (4, 100)          # MM2CT §4.2
+    assert (cfg.fusion.embed_dim, cfg.fusion.n_extract, cfg.fusion.n_swap, cfg.fusion.n_m3,
+            cfg.fusion.n_recon) == (60, 8, 2, 5, 8)                      # MambaDFuse MIF
+    assert cfg.translator.num_timesteps == 4 and cfg.translator.ch_mult == (1, 1, 2, 2, 4, 4)
+    assert (cfg.train.beta1, cfg.train.beta2, cfg.train.lambda_l1) == (0.5, 0.9, 0.5)
+    assert load_profile("paper").fusion == Config().fusion
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"train": {"epoch": 3}}, "unknown key 'train.epoch'"),
+    ({"trian": {}}, "unknown key 'trian'"),
+    ({"train": {"epochs": "3"}}, "train.epochs: expected an integer"),
+    ({"train": {"epochs": 2.5}}, "train.epochs: expected an integer"),
+    ({"fusion": {"mamba": "yes"}}, "fusion.mamba: expected true/false"),
+    ({"data": {"split": [1, 2]}}, "data.split: expected 3 items"),
+    ({"translator": {"ch_mult": 3}}, "translator.ch_mult: expected a list"),
+    ({"fusion": 5}, "fusion: expected a mapping"),
+])
+def test_bad_values_raise_clear_errors(override, message) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_profile("smoke", **override)
+
+
+def test_overrides_and_coercion() -> None:
+    cfg = load_profile("smoke", train={"lr_g": 1, "seeds": [1, 2, 3]}, data={"slices_per_patient": None})
+    assert cfg.train.lr_g == 1.0 and isinstance(cfg.train.lr_g, float)
+    assert cfg.train.seeds == (1, 2, 3)
+    assert cfg.data.slices_per_patient is None
+
+
+def test_data_dir_argument_and_environment(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("MM2CT_DATA_DIR", str(tmp_path / "env"))
+    assert load_profile("smoke").data.root == str(tmp_path / "env")
+    assert load_profile("smoke", data_dir=tmp_path / "arg").data.root == str(tmp_path / "arg")
+    monkeypatch.delenv("MM2CT_DATA_DIR")
+    assert load_profile("smoke").data.root is None
+
+
+def test_unknown_profile_names_the_choices() -> None:
+    with pytest.raises(ConfigError, match="unknown profile 'smok'.*smoke, demo, paper"):
+        load_profile("smok")
+
+
+def test_save_and_reload_round_trip(tmp_path) -> None:
+    cfg = load_profile("demo", train={"epochs": 7})
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_profile(str(tmp_path / "config.yaml"))
+    assert again == cfg
+    assert from_dict(cfg.to_dict()) == cfg

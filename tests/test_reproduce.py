@@ -1,0 +1,43 @@
+"""`mm2ct reproduce`: notebooks run in order with papermill; a failure names the notebook and the cell."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from mm2ct.reproduce import NotebookFailed, notebooks, run_notebooks
+
+
+def _notebook(path, *sources):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    cells = [nbformat.v4.new_code_cell('profile = "smoke"\ndata_dir = None\nreports_dir = None',
+                                       metadata={"tags": ["parameters"]})]
+    cells += [nbformat.v4.new_code_cell(s) for s in sources]
+    nb.cells = cells
+    nbformat.write(nb, path)
+
+
+def test_runs_in_order_with_parameters_and_stops_at_the_failing_cell(tmp_path) -> None:
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    _notebook(nbdir / "01_first.ipynb",
+              "import json, pathlib\npathlib.Path(reports_dir, 'seen.json').write_text(json.dumps(profile))")
+    _notebook(nbdir / "02_broken.ipynb", "x = 1", "raise ValueError('phantom too small')", "y = 2")
+    _notebook(nbdir / "03_never.ipynb", "raise SystemExit('must not run')")
+    (nbdir / "scratch.ipynb").write_text("{}")  # not numbered: ignored
+    assert [p.name for p in notebooks(nbdir)] == ["01_first.ipynb", "02_broken.ipynb", "03_never.ipynb"]
+
+    with pytest.raises(NotebookFailed) as err:
+        run_notebooks("demo", notebooks_dir=nbdir, reports_dir=tmp_path / "rep", log=lambda *a, **k: None)
+    msg = str(err.value)
+    assert "02_broken.ipynb failed in cell" in msg and "raise ValueError" in msg and "phantom too small" in msg
+    assert json.loads((tmp_path / "rep" / "seen.json").read_text()) == "demo"   # parameters injected
+    assert (tmp_path / "rep" / "executed" / "01_first.ipynb").exists()
+    assert not (tmp_path / "rep" / "executed" / "03_never.ipynb").exists()
+
+
+def test_no_notebooks_is_an_error(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="no numbered notebooks"):
+        run_notebooks("smoke", notebooks_dir=tmp_path, reports_dir=tmp_path / "r")
