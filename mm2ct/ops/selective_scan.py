@@ -1,0 +1,238 @@
+"""Selective scan of the Mamba SSM (docs/method.md §6.2), with backends behind one signature.
+
+    Δ_t  = softplus(delta_t + delta_bias)          (softplus only if ``delta_softplus``)
+    h_t  = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t       (ZOH for A, Euler for B)
+    y_t  = C_t · h_t + D u_t
+    out  = y ⊙ silu(z)                              (only if ``z`` is given)
+
+Same signature and semantics as mamba-ssm's ``selective_scan_fn``. Backends:
+``cuda`` (mamba-ssm's kernel), ``cpu`` (fused C++ kernel, mm2ct/ops/csrc), ``torch`` (pure PyTorch, any device),
+``ref`` (the sequential definition, the test oracle).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("cuda", "cpu", "torch", "ref")
+ENV_VAR = "MM2CT_SCAN_BACKEND"
+_default_backend = "auto"
+
+
+# ----------------------------------------------------------------------------------------------- shapes
+def _check(u, delta, A, B, C, D, z, delta_bias):
+    """Validate shapes; return (batch, dim, L, N). B/C: (dim, N) | (batch, N, L) | (batch, G, N, L)."""
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be (batch, dim, L), got shape {tuple(u.shape)}")
+    batch, dim, L = u.shape
+    if tuple(delta.shape) != (batch, dim, L):
+        raise ValueError(f"selective_scan: delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
+    if A.is_complex():
+        raise ValueError("selective_scan: complex A is not supported (Mamba's A is real)")
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"selective_scan: A must be (dim={dim}, N), got shape {tuple(A.shape)}")
+    N = A.shape[1]
+    for name, M in (("B", B), ("C", C)):
+        ok = (
+            (M.dim() == 2 and tuple(M.shape) == (dim, N))
+            or (M.dim() == 3 and tuple(M.shape) == (batch, N, L))
+            or (M.dim() == 4 and M.shape[0] == batch and M.shape[2:] == (N, L) and M.shape[1] > 0
+                and dim % M.shape[1] == 0)
+        )
+        if not ok:
+            raise ValueError(
+                f"selective_scan: {name} must be ({dim}, {N}), ({batch}, {N}, {L}) or ({batch}, G, {N}, {L}) with "
+                f"G dividing {dim}; got shape {tuple(M.shape)}"
+            )
+    for name, v in (("D", D), ("delta_bias", delta_bias)):
+        if v is not None and tuple(v.shape) != (dim,):
+            raise ValueError(f"selective_scan: {name} must be (dim={dim},), got shape {tuple(v.shape)}")
+    if z is not None and tuple(z.shape) != (batch, dim, L):
+        raise ValueError(f"selective_scan: z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
+    return batch, dim, L, N
+
+
+def compute_dtype(*tensors) -> torch.dtype:
+    """float64 if any input is float64, else float32 (half inputs are computed in float32, like mamba-ssm)."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _per_step(M, dim, L):
+    """B or C as a tensor indexed (..., t, n) that broadcasts against (batch, dim, N) states per step."""
+    if M.dim() == 2:  # (dim, N) time-invariant
+        return M[None, :, None, :].expand(1, dim, L, M.shape[1])  # (1, dim, L, N)
+    if M.dim() == 3:  # (batch, N, L)
+        return M.transpose(1, 2)[:, None]  # (batch, 1, L, N)
+    return M.repeat_interleave(dim // M.shape[1], dim=1).transpose(2, 3)  # (batch, dim, L, N)
+
+
+# ----------------------------------------------------------------------------------------------- reference
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False):
+    """The sequential definition of the selective scan (docs/method.md §6.2); the test oracle (use float64).
+
+    u, delta, z: (batch, dim, L); A: (dim, N); B, C: (dim, N), (batch, N, L) or (batch, G, N, L); D, delta_bias: (dim,).
+    Returns out (batch, dim, L) in u's dtype, and the last state (batch, dim, N) if ``return_last_state``.
+    A Python loop over L: steps are taken with ``unbind`` so autograd stays O(L).
+    """
+    batch, dim, L, N = _check(u, delta, A, B, C, D, z, delta_bias)
+    ct = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    dtype_in = u.dtype
+    u, delta, A, B, C = (t.to(ct) for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(ct)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    deltaA = torch.exp(delta[..., None] * A[:, None, :])  # (batch, dim, L, N)
+    deltaB_u = (delta * u)[..., None] * _per_step(B, dim, L)  # (batch, dim, L, N)
+    h = u.new_zeros(batch, dim, N)
+    ys = []
+    for dA_t, dBu_t, C_t in zip(deltaA.unbind(2), deltaB_u.unbind(2), _per_step(C, dim, L).unbind(2)):
+        h = dA_t * h + dBu_t  # (batch, dim, N)
+        ys.append((h * C_t).sum(-1))  # (batch, dim)
+    out = torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, dim, 0)  # (batch, dim, L)
+    if D is not None:
+        out = out + u * D.to(ct)[:, None]
+    if z is not None:
+        out = out * F.silu(z.to(ct))
+    out = out.to(dtype_in)
+    return (out, h) if return_last_state else out
+
+
+# ----------------------------------------------------------------------------------------------- torch backend
+def _scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
+    """Pure-PyTorch scan: the recurrence chunk by chunk, so only (batch, dim, chunk, N) is ever materialised."""
+    batch, dim, L, N = _check(u, delta, A, B, C, D, z, delta_bias)
+    ct = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    dtype_in = u.dtype
+    u, delta, A, B, C = (t.to(ct) for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(ct)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    Bs, Cs = _per_step(B, dim, L), _per_step(C, dim, L)  # (batch|1, dim|1, L, N)
+    h = u.new_zeros(batch, dim, N)
+    T = 128
+    ys = []
+    for t0 in range(0, L, T):
+        sl = slice(t0, min(t0 + T, L))
+        dA = torch.exp(delta[:, :, sl, None] * A[:, None, :])  # (batch, dim, T, N)
+        dBu = (delta[:, :, sl] * u[:, :, sl])[..., None] * Bs[:, :, sl]  # (batch, dim, T, N)
+        hs = []
+        for dA_t, dBu_t in zip(dA.unbind(2), dBu.unbind(2)):
+            h = dA_t * h + dBu_t
+            hs.append(h)
+        ys.append((torch.stack(hs, 2) * Cs[:, :, sl]).sum(-1))  # (batch, dim, T)
+    out = torch.cat(ys, -1) if ys else u.new_zeros(batch, dim, 0)
+    if D is not None:
+        out = out + u * D.to(ct)[:, None]
+    if z is not None:
+        out = out * F.silu(z.to(ct))
+    out = out.to(dtype_in)
+    return (out, h) if return_last_state else out
+
+
+# ----------------------------------------------------------------------------------------------- dispatch
+def _cuda_fn():
+    """mamba-ssm's selective_scan_fn, or raise RuntimeError saying why it cannot be used."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception as e:  # noqa: BLE001 - mamba_ssm's import raises anything without its CUDA extension
+        raise RuntimeError(f"mamba_ssm not usable: {type(e).__name__}: {e}") from None
+    return selective_scan_fn
+
+
+def _cpu_fn():
+    """The fused C++ kernel's autograd function, or raise RuntimeError saying why it cannot be used."""
+    from mm2ct.ops import cpu_kernel
+
+    return cpu_kernel.selective_scan_cpu
+
+
+def set_default_backend(name: str) -> None:
+    """Default backend used when a call passes ``backend="auto"`` (``ScanConfig.backend`` sets it).
+
+    A non-``auto`` default wins over the environment variable MM2CT_SCAN_BACKEND, which wins over auto-selection.
+    """
+    global _default_backend
+    _validate(name, "set_default_backend")
+    _default_backend = name
+
+
+def get_default_backend() -> str:
+    return _default_backend
+
+
+def _validate(name: str, where: str) -> str:
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"{where}: unknown selective-scan backend {name!r}; valid: auto, {', '.join(BACKENDS)}")
+    return name
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The backend a call runs on: explicit argument > set_default_backend > $MM2CT_SCAN_BACKEND > auto.
+
+    auto = cuda (mamba-ssm, CUDA tensors) > cpu (fused C++ kernel, CPU tensors) > torch.
+    """
+    name = _validate(backend, "selective_scan(backend=...)")
+    if name == "auto":
+        name = _default_backend
+    if name == "auto":
+        name = _validate(os.environ.get(ENV_VAR, "auto").strip() or "auto", f"${ENV_VAR}")
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        try:
+            _cuda_fn()
+            return "cuda"
+        except RuntimeError:
+            return "torch"
+    if device.type == "cpu":
+        from mm2ct.ops import cpu_kernel
+
+        return "cpu" if cpu_kernel.usable(warn=True) else "torch"
+    return "torch"
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, backend="auto"):
+    """Selective scan (docs/method.md §6.2) with mamba-ssm ``selective_scan_fn`` semantics.
+
+    u, delta, z: (batch, dim, L); A: (dim, N) real; B, C: (batch, N, L), (batch, G, N, L) or (dim, N);
+    D, delta_bias: (dim,). Returns out (batch, dim, L) in u's dtype (computed in float32, float64 for float64
+    inputs) and, if ``return_last_state``, the last state (batch, dim, N).
+    ``backend``: "auto" | "cuda" | "cpu" | "torch" | "ref" (see ``resolve_backend``).
+    """
+    _check(u, delta, A, B, C, D, z, delta_bias)
+    name = resolve_backend(backend, u.device)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if name == "ref":
+        return selective_scan_ref(*args)
+    if name == "torch":
+        return _scan_torch(*args)
+    if name == "cuda":
+        if u.device.type != "cuda":
+            raise RuntimeError(f"selective_scan backend 'cuda' needs CUDA tensors, got device {u.device}")
+        return _cuda_fn()(*args)
+    if u.device.type != "cpu":
+        raise RuntimeError(f"selective_scan backend 'cpu' needs CPU tensors, got device {u.device}")
+    return _cpu_fn()(*args)
+
+
+def available_backends() -> dict[str, tuple[bool, str]]:
+    """For each backend: (usable here, short reason). Builds (or loads the cached) C++ kernel to answer for "cpu"."""
+    from mm2ct.ops import cpu_kernel
+
+    out: dict[str, tuple[bool, str]] = {}
+    try:
+        _cuda_fn()
+        out["cuda"] = (torch.cuda.is_available(),
+                       "mamba_ssm kernel" if torch.cuda.is_available() else "mamba_ssm installed but no CUDA device")
+    except RuntimeError as e:
+        out["cuda"] = (False, "mamba_ssm not installed" if "ModuleNotFoundError" in str(e) else str(e))
+    out["cpu"] = cpu_kernel.status()
+    out["torch"] = (True, "pure PyTorch chunked scan, any device")
+    out["ref"] = (True, "sequential reference (slow; the test oracle)")
+    return out
