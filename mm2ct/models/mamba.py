@@ -1,0 +1,193 @@
+"""The Fig. 2 Mamba block of MM2CT (docs/method.md §6.1-6.4, §3.1) and 2-D <-> sequence helpers (§6.3).
+
+``Mamba`` is the mixer, with the parameter names, shapes and initialisation of mamba-ssm's ``Mamba``
+(``mamba_ssm/modules/mamba_simple.py``), so its state_dicts load unchanged:
+
+    in_proj.weight   (2*d_inner, d_model)          [in_proj.bias if bias=True]
+    conv1d.weight    (d_inner, 1, d_conv)           conv1d.bias (d_inner,) if conv_bias
+    x_proj.weight    (dt_rank + 2*d_state, d_inner)
+    dt_proj.weight   (d_inner, dt_rank)             dt_proj.bias (d_inner,)
+    A_log            (d_inner, d_state)             D (d_inner,)
+    out_proj.weight  (d_model, d_inner)             [out_proj.bias if bias=True]
+
+with d_inner = expand * d_model and dt_rank = ceil(d_model / 16). For a sequence x (B, L, d_model) (§6.2):
+
+    [u; z] = in_proj(x)                      u, z: (B, d_inner, L)
+    u      = SiLU(causal depthwise conv1d(u))
+    [Δ_raw, B_t, C_t] = x_proj(u)             Δ = softplus(dt_proj(Δ_raw))   (bias added inside the scan)
+    y      = selective_scan(u, Δ, A = -exp(A_log), B_t, C_t, D) ⊙ SiLU(z)     (``inner``: "no out_proj", §6.4)
+    out    = out_proj(y)
+
+``MambaBlock`` wraps the mixer with a LayerNorm in the residual-stream form of mamba-ssm / MambaDFuse (§3.1):
+(x, r) -> (mixer(LN(x + r)), x + r). A stack of such blocks, closed with ``close_stream`` (h + r), equals the Fig. 2
+form x <- x + mixer(LN(x)) applied block after block (open choice 11: the final residual is kept).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mm2ct.ops import selective_scan
+
+
+# ----------------------------------------------------------------------------------------------- 2-D <-> sequence
+def map_to_sequence(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) feature map -> (B, H*W, C) tokens in raster order: row by row, left to right (§6.3)."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def sequence_to_map(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, H*W, C) raster-ordered tokens -> (B, C, H, W); the inverse of ``map_to_sequence``."""
+    batch, length, channels = x.shape
+    if length != height * width:
+        raise ValueError(f"mamba.sequence_to_map: {length} tokens cannot form a {height}x{width} map")
+    return x.transpose(1, 2).reshape(batch, channels, height, width)
+
+
+def raster_index(height: int, width: int) -> torch.Tensor:
+    """(H, W) map whose pixel holds its position in the scan sequence (i*W + j for pixel (i, j))."""
+    order = torch.arange(height * width, dtype=torch.float32).view(1, height * width, 1)  # (1, L, 1)
+    return sequence_to_map(order, height, width)[0, 0].long()  # (H, W)
+
+
+# ----------------------------------------------------------------------------------------------- initialisation
+def init_dt_proj(dt_proj: nn.Linear, dt_min: float = 0.001, dt_max: float = 0.1, dt_init: str = "random",
+                 dt_scale: float = 1.0, dt_init_floor: float = 1e-4) -> None:
+    """mamba-ssm's Δ projection init (§6.2): weight ~ U(±dt_rank^-1/2 * dt_scale) (or that constant),
+    bias = softplus^-1(dt) with dt log-uniform in [dt_min, dt_max], floored at dt_init_floor."""
+    dt_rank, d_inner = dt_proj.in_features, dt_proj.out_features
+    std = dt_rank ** -0.5 * dt_scale
+    with torch.no_grad():
+        if dt_init == "constant":
+            dt_proj.weight.fill_(std)
+        elif dt_init == "random":
+            dt_proj.weight.uniform_(-std, std)
+        else:
+            raise ValueError(f"mamba.init_dt_proj: dt_init must be 'random' or 'constant', got {dt_init!r}")
+        dt = torch.exp(torch.rand(d_inner, device=dt_proj.bias.device) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=dt_init_floor)
+        dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+    dt_proj.bias._no_reinit = True
+
+
+def s4d_real_A_log(d_inner: int, d_state: int, device=None) -> nn.Parameter:
+    """A_log = log(1..N) for every channel (S4D-real init, A = -exp(A_log) = -(1..N)); no weight decay."""
+    A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(d_inner, 1)  # (d_inner, N)
+    p = nn.Parameter(torch.log(A))
+    p._no_weight_decay = True
+    return p
+
+
+def ones_D(d_inner: int, device=None) -> nn.Parameter:
+    """The skip D = 1 per channel; no weight decay."""
+    p = nn.Parameter(torch.ones(d_inner, device=device))
+    p._no_weight_decay = True
+    return p
+
+
+def causal_conv1d(conv: nn.Conv1d, u: torch.Tensor) -> torch.Tensor:
+    """Depthwise causal conv: the conv pads d_conv-1 on both sides; keep the first L outputs. (B, D, L) -> same."""
+    return conv(u)[..., : u.shape[-1]]
+
+
+# ----------------------------------------------------------------------------------------------- the SSM path
+def selective_ssm(xz: torch.Tensor, conv1d: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear, A: torch.Tensor,
+                  D: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+    """Both Fig. 2 paths up to the product, without out_proj (mamba_inner_fn_no_out_proj, §6.4).
+
+    xz: (B, 2*d_inner, L) = [u; z] from an input projection; A: (d_inner, N) (already -exp(A_log)); D: (d_inner,).
+    Returns y ⊙ SiLU(z): (B, d_inner, L).
+    """
+    dt_rank, d_state = dt_proj.in_features, A.shape[1]
+    u, z = xz.chunk(2, dim=1)  # (B, d_inner, L) each
+    u = F.silu(causal_conv1d(conv1d, u))  # (B, d_inner, L)
+    x_dbl = x_proj(u.transpose(1, 2))  # (B, L, dt_rank + 2N)
+    dt, B, C = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=-1)
+    delta = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias goes in as delta_bias
+    return selective_scan(
+        u, delta, A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(), D.float(), z=z,
+        delta_bias=dt_proj.bias.float(), delta_softplus=True, backend=backend or "auto",
+    )  # (B, d_inner, L)
+
+
+class Mamba(nn.Module):
+    """The Mamba mixer of Fig. 2 (§6.1), mamba-ssm layout: (B, L, d_model) -> (B, L, d_model).
+
+    ``backend`` picks the selective-scan implementation (``mm2ct.ops.selective_scan``; None = "auto").
+    """
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank="auto",
+                 dt_min: float = 0.001, dt_max: float = 0.1, dt_init: str = "random", dt_scale: float = 1.0,
+                 dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False,
+                 backend: str | None = None, device=None, dtype=None):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.backend = backend
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
+                                padding=d_conv - 1, bias=conv_bias, **factory)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+        init_dt_proj(self.dt_proj, dt_min, dt_max, dt_init, dt_scale, dt_init_floor)
+        self.A_log = s4d_real_A_log(self.d_inner, d_state, device=device)
+        self.D = ones_D(self.d_inner, device=device)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    def inner(self, x: torch.Tensor) -> torch.Tensor:
+        """The "no out_proj" result y ⊙ SiLU(z) (§6.4): (B, L, d_model) -> (B, d_inner, L)."""
+        xz = self.in_proj(x).transpose(1, 2)  # (B, 2*d_inner, L)
+        A = -torch.exp(self.A_log.float())  # (d_inner, N)
+        return selective_ssm(xz, self.conv1d, self.x_proj, self.dt_proj, A, self.D, self.backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.inner(x).transpose(1, 2))  # (B, L, d_model)
+
+
+# ----------------------------------------------------------------------------------------------- block and stack
+class MambaBlock(nn.Module):
+    """Fig. 2 block in residual-stream form (§3.1, mamba-ssm ``Block``: ``norm`` + ``mixer``).
+
+    forward(x, residual) with x, residual (B, L, C) (residual None at the start of a stack):
+        r' = x + residual;  returns (Mamba(LayerNorm(r')), r').
+    """
+
+    def __init__(self, dim: int, **mixer_kwargs):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.mixer = Mamba(dim, **mixer_kwargs)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        residual = x if residual is None else x + residual  # (B, L, C)
+        return self.mixer(self.norm(residual)), residual
+
+
+def close_stream(hidden: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    """End a residual-stream stack: h + r (open choice 11; MambaDFuse's code drops r here)."""
+    return hidden if residual is None else hidden + residual
+
+
+class MambaStack(nn.Module):
+    """``depth`` MambaBlocks threading one residual stream: (x, r) -> (h, r'); ``close_stream(h, r')`` ends it."""
+
+    def __init__(self, dim: int, depth: int, **mixer_kwargs):
+        super().__init__()
+        self.layers = nn.ModuleList(MambaBlock(dim, **mixer_kwargs) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        for layer in self.layers:
+            x, residual = layer(x, residual)
+        return x, residual
+
+
+def set_scan_backend(module: nn.Module, backend: str | None) -> nn.Module:
+    """Point every selective-scan user inside ``module`` (mixers with a ``backend`` attribute) at ``backend``."""
+    for m in module.modules():
+        if hasattr(m, "backend") and hasattr(m, "A_log"):
+            m.backend = backend
+    return module
