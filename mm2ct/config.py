@@ -61,8 +61,9 @@ class FusionConfig:
     d_state: int = 16                # N of the selective SSM [open choice 10]
     d_conv: int = 4                  # causal depthwise conv width
     expand: int = 2                  # d_inner = expand * C
-    mamba: bool = True               # Table 2 switch: False -> conv-only fusion of cat(T1, T2)
+    mamba: bool = True               # Table 2 switch: False -> conv-only fusion (shared stem, average, output convs)
     de: bool = True                  # Table 2 switch: dynamic enhancement (LDC + difference-aware attention)
+    checkpoint: bool = False         # recompute each Mamba/M3 block in backward (activation memory ~ one block)
 
 
 @dataclass

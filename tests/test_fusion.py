@@ -245,6 +245,20 @@ def test_parity_reference_vs_fast_scan() -> None:
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
 
 
+def test_checkpointing_changes_memory_not_results() -> None:
+    plain, ckpt = _model(seed=3), _model(seed=3, checkpoint=True)
+    t1, t2 = _pair()
+    outs, grads = [], []
+    for model in (plain, ckpt):
+        out = model(t1, t2)
+        out.square().mean().backward()
+        outs.append(out)
+        grads.append([p.grad for p in model.parameters()])
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_parameter_table_and_paper_size() -> None:
     table = parameter_table(_model())
     assert list(table) == ["stem", "embed_norm", "extract1", "extract2", "swap", "cross", "m3", "de", "recon",

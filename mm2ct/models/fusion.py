@@ -32,7 +32,7 @@ from mm2ct.config import FusionConfig
 from mm2ct.models.channel_swap import TokenSwapMamba
 from mm2ct.models.cross_modal import M3Block
 from mm2ct.models.enhance import DynamicEnhancement, difference_attention
-from mm2ct.models.mamba import MambaStack, close_stream, map_to_sequence, sequence_to_map
+from mm2ct.models.mamba import MambaStack, close_stream, map_to_sequence, run_block, sequence_to_map
 
 
 class CrossConvFusion(nn.Module):
@@ -53,6 +53,8 @@ class FusionModule(nn.Module):
     """Φ(T1, T2): two (B, 1, H, W) slices in [-1, 1] -> one (B, 1, H, W) fused image in [-1, 1].
 
     ``backend`` picks the selective scan of every Mamba mixer (``mm2ct.ops.selective_scan``; None = "auto").
+    ``cfg.checkpoint`` recomputes every Mamba / channel-swap / M3 block in backward instead of storing its
+    activations (same results; needed for 256 x 256 training within CPU memory, see benchmarks/fusion_memory.py).
     ``features(t1, t2)`` returns the intermediate maps (detached) for inspection.
     """
 
@@ -68,15 +70,15 @@ class FusionModule(nn.Module):
         if cfg.mamba:
             mixer = {"d_state": cfg.d_state, "d_conv": cfg.d_conv, "expand": cfg.expand, "backend": backend}
             self.embed_norm = nn.LayerNorm(c)
-            self.extract1 = MambaStack(c, cfg.n_extract, **mixer)
-            self.extract2 = MambaStack(c, cfg.n_extract, **mixer)
+            self.extract1 = MambaStack(c, cfg.n_extract, cfg.checkpoint, **mixer)
+            self.extract2 = MambaStack(c, cfg.n_extract, cfg.checkpoint, **mixer)
             self.swap = nn.ModuleList(TokenSwapMamba(c, **mixer) for _ in range(cfg.n_swap))
             self.cross = CrossConvFusion(c)
             self.m3 = nn.ModuleList(M3Block(c, **mixer) for _ in range(cfg.n_m3))
         if cfg.de:
             self.de = DynamicEnhancement(c)
         if cfg.mamba:
-            self.recon = MambaStack(c, cfg.n_recon, **mixer)
+            self.recon = MambaStack(c, cfg.n_recon, cfg.checkpoint, **mixer)
         self.head = nn.Sequential(nn.Conv2d(c, c // 2, 3, padding=1), lrelu,
                                   nn.Conv2d(c // 2, c // 4, 3, padding=1), lrelu,
                                   nn.Conv2d(c // 4, 1, 3, padding=1))
@@ -111,7 +113,7 @@ class FusionModule(nn.Module):
             record("extract_t1", sequence_to_map(close_stream(s1, r1), h, w))
             record("extract_t2", sequence_to_map(close_stream(s2, r2), h, w))
             for block in self.swap:
-                s1, s2, r1, r2 = block(s1, s2, r1, r2)
+                s1, s2, r1, r2 = run_block(block, s1, s2, r1, r2, checkpoint=self.cfg.checkpoint)
             x1 = sequence_to_map(close_stream(s1, r1), h, w)  # (B, C, H, W)
             x2 = sequence_to_map(close_stream(s2, r2), h, w)
             record("swap_t1", x1)
@@ -124,7 +126,7 @@ class FusionModule(nn.Module):
             q1, q2 = self.embed_norm(map_to_sequence(x1)), self.embed_norm(map_to_sequence(x2))  # (B, L, C)
             g, rg = self.embed_norm(map_to_sequence(f)), None
             for block in self.m3:
-                g, rg = block(q1, q2, g, rg, h, w)
+                g, rg = run_block(block, q1, q2, g, rg, h, w, checkpoint=self.cfg.checkpoint)
             f = sequence_to_map(close_stream(g, rg), h, w)  # F_M3: (B, C, H, W)
             record("m3", f)
         else:

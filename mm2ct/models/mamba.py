@@ -29,6 +29,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from mm2ct.ops import selective_scan
 
@@ -172,16 +173,28 @@ def close_stream(hidden: torch.Tensor, residual: torch.Tensor | None) -> torch.T
     return hidden if residual is None else hidden + residual
 
 
-class MambaStack(nn.Module):
-    """``depth`` MambaBlocks threading one residual stream: (x, r) -> (h, r'); ``close_stream(h, r')`` ends it."""
+def run_block(block: nn.Module, *args, checkpoint: bool = False):
+    """``block(*args)``; with ``checkpoint`` (and autograd on) its activations are recomputed in backward
+    instead of stored, so a stack holds only the block inputs (memory for 256 x 256 maps)."""
+    if checkpoint and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
 
-    def __init__(self, dim: int, depth: int, **mixer_kwargs):
+
+class MambaStack(nn.Module):
+    """``depth`` MambaBlocks threading one residual stream: (x, r) -> (h, r'); ``close_stream(h, r')`` ends it.
+
+    ``checkpoint``: recompute each block in backward (``run_block``).
+    """
+
+    def __init__(self, dim: int, depth: int, checkpoint: bool = False, **mixer_kwargs):
         super().__init__()
+        self.checkpoint = checkpoint
         self.layers = nn.ModuleList(MambaBlock(dim, **mixer_kwargs) for _ in range(depth))
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         for layer in self.layers:
-            x, residual = layer(x, residual)
+            x, residual = run_block(layer, x, residual, checkpoint=self.checkpoint)
         return x, residual
 
 
