@@ -13,10 +13,13 @@ import time
 import warnings
 from pathlib import Path
 
+import torch
+from torch.autograd.function import once_differentiable
+
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan_cpu.cpp"
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
 
-_module = None  # the loaded extension
+_library: str | None = None  # path of the loaded shared library
 _error: str | None = None  # why it cannot be built (set once)
 _warned = False
 _build_note = ""  # "built now in 31 s" or "loaded from cache", for status()
@@ -40,32 +43,34 @@ def extension_name() -> str:
     return f"mm2ct_selective_scan_cpu_{cpu_fingerprint()}"
 
 
-def _build():
-    """Compile (or load from the cache) the extension module."""
+def _build() -> str:
+    """Compile (or load from the cache) the extension; it registers the ops ``torch.ops.mm2ct_scan.fwd/bwd``.
+    Returns the path of the shared library."""
     from torch.utils.cpp_extension import load
 
     if not SOURCE.is_file():
         raise RuntimeError(f"kernel source missing: {SOURCE}")
     return load(name=extension_name(), sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
-                verbose=False)
+                is_python_module=False, verbose=False)
 
 
 def load_module():
-    """The built extension; raises RuntimeError with the reason if it cannot be built (the attempt is made once)."""
-    global _module, _error, _build_note
-    if _module is None and _error is None:
+    """The kernel's op namespace ``torch.ops.mm2ct_scan``; raises RuntimeError with the reason if it cannot be built
+    (the build is attempted once per process)."""
+    global _library, _error, _build_note
+    if _library is None and _error is None:
         t0 = time.perf_counter()
         try:
-            _module = _build()
+            _library = _build()
         except Exception as e:  # noqa: BLE001 - compiler missing, build error, import error: all mean "fall back"
             msg = str(e).strip().splitlines()
             _error = f"{type(e).__name__}: {msg[-1] if msg else ''}"[:300]
         else:
             dt = time.perf_counter() - t0
             _build_note = f"built now in {dt:.0f} s" if dt > 2 else "loaded from cache"
-    if _module is None:
+    if _library is None:
         raise RuntimeError(f"the fused C++ selective-scan kernel is unavailable ({_error})")
-    return _module
+    return torch.ops.mm2ct_scan
 
 
 def usable(warn: bool = False) -> bool:
@@ -84,7 +89,54 @@ def usable(warn: bool = False) -> bool:
 def status() -> tuple[bool, str]:
     """(usable, reason) for ``available_backends``; builds the kernel if it is not built yet."""
     try:
-        mod = load_module()
+        load_module()
     except RuntimeError as e:
         return False, str(e)
-    return True, f"C++ kernel {_build_note} (cached at {Path(mod.__file__).parent})"
+    return True, f"C++ kernel {_build_note} (cached at {Path(_library).parent})"
+
+
+class _ScanCPU(torch.autograd.Function):
+    """Autograd wrapper of the fused kernel; the backward recomputes states from the forward's checkpoints."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        mod = load_module()
+        out, last, ckpt = mod.fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
+        ctx.delta_softplus = delta_softplus
+        return out, last
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout, dlast):
+        u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
+        du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = load_module().bwd(
+            u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ckpt, dout.contiguous(),
+            None if dlast is None else dlast.contiguous())
+        return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
+                ddelta_bias if delta_bias is not None else None, None)
+
+
+def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False):
+    """The ``cpu`` backend (docs/method.md §6.2): shapes and semantics of ``mm2ct.ops.selective_scan``.
+
+    Computes in float32 (float64 if an input is float64); B/C are handed to the kernel time-major:
+    (batch, N, L) -> (batch, 1, L, N), (batch, G, N, L) -> (batch, G, L, N); (dim, N) stays.
+    """
+    from mm2ct.ops.selective_scan import compute_dtype
+
+    ct = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+
+    def prep(t):
+        return None if t is None else t.to(ct).contiguous()
+
+    def time_major(M):
+        if M.dim() == 3:
+            M = M.unsqueeze(1)  # (batch, 1, N, L)
+        return prep(M.transpose(-1, -2) if M.dim() == 4 else M)  # (batch, G, L, N) or (dim, N)
+
+    out, last = _ScanCPU.apply(prep(u), prep(delta), prep(A), time_major(B), time_major(C), prep(D), prep(z),
+                               prep(delta_bias), bool(delta_softplus))
+    out = out.to(u.dtype)
+    return (out, last) if return_last_state else out
