@@ -17,7 +17,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan_cpu.cpp"
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 
 _library: str | None = None  # path of the loaded shared library
 _error: str | None = None  # why it cannot be built (set once)

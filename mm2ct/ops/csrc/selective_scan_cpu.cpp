@@ -1,10 +1,13 @@
 // Fused selective scan for CPU, forward and backward (docs/method.md §6.2):
 //   dt_t = softplus(delta_t + delta_bias)    (softplus optional, threshold 20 like torch and mamba-ssm)
 //   h_t  = exp(dt_t A) ⊙ h_{t-1} + dt_t u_t B_t,   y_t = C_t · h_t + D u_t,   out_t = y_t silu(z_t)
-// Parallel over (batch, channel) with at::parallel_for; the N-vector state lives in registers; time is sequential,
-// in chunks of kChunk steps: exp(dt A) is evaluated for a whole chunk at once (a vectorised loop), the forward
-// stores the state at each chunk start (a checkpoint), and the backward sweeps the chunks in reverse, recomputing
-// each chunk's states from its checkpoint.
+//
+// Work is split into blocks of W channels of one batch element (W = one 32-byte SIMD vector: 8 floats or 4
+// doubles), one channel per SIMD lane, so the N-state is N vector registers and y_t = C_t · h_t is a sum of vertical
+// FMAs (B_t and C_t are shared by the channels of a group). Blocks run in parallel (at::parallel_for); time runs
+// sequentially in chunks of kChunk steps: exp(dt A) is evaluated for a whole chunk at once (a vectorised loop), the
+// forward stores the state at each chunk start (a checkpoint), and the backward sweeps the chunks in reverse,
+// recomputing each chunk's states from its checkpoint.
 //
 // Layouts (all contiguous): u, delta, z, out: (batch, dim, L); A: (dim, N); D, delta_bias: (dim);
 // B, C: (batch, G, L, N) input-dependent (G groups of dim/G channels; note L before N) or (dim, N) time-invariant.
@@ -12,8 +15,9 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -30,12 +34,70 @@ namespace {
 constexpr int64_t kChunk = 64;  // steps per chunk = checkpoint interval
 constexpr int64_t kMaxN = 256;  // largest state size (mamba-ssm's limit as well)
 
+// ------------------------------------------------------------------------------------------------ SIMD vectors
+// GCC/Clang vector extensions: portable across ISAs (the compiler splits them where registers are narrower).
+template <typename T>
+struct Simd;
+template <>
+struct Simd<float> {
+  typedef float V __attribute__((vector_size(32)));
+  static constexpr int W = 8;
+};
+template <>
+struct Simd<double> {
+  typedef double V __attribute__((vector_size(32)));
+  static constexpr int W = 4;
+};
+
+template <typename V>
+inline V vload(const void* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <typename V>
+inline void vstore(void* p, const V& v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+template <typename V, typename T>
+inline V splat(T x) {
+  return V{} + x;
+}
+
+// Pairwise sums in x86 hadd order: [a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, a6+a7, b4+b5, b6+b7].
+inline Simd<float>::V hadd(Simd<float>::V a, Simd<float>::V b) {
+  return __builtin_shufflevector(a, b, 0, 2, 8, 10, 4, 6, 12, 14) +
+         __builtin_shufflevector(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
+}
+
+inline Simd<double>::V hadd(Simd<double>::V a, Simd<double>::V b) {
+  return __builtin_shufflevector(a, b, 0, 4, 2, 6) + __builtin_shufflevector(a, b, 1, 5, 3, 7);
+}
+
+// r[i] = sum over the lanes of v[i], for i < W (a transposing reduction of W vectors).
+inline Simd<float>::V lane_sums(const Simd<float>::V* v) {
+  const auto u0 = hadd(hadd(v[0], v[1]), hadd(v[2], v[3]));
+  const auto u1 = hadd(hadd(v[4], v[5]), hadd(v[6], v[7]));
+  return __builtin_shufflevector(u0, u1, 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(u0, u1, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+inline Simd<double>::V lane_sums(const Simd<double>::V* v) {
+  const auto t0 = hadd(v[0], v[1]), t1 = hadd(v[2], v[3]);
+  return __builtin_shufflevector(t0, t1, 0, 1, 4, 5) + __builtin_shufflevector(t0, t1, 2, 3, 6, 7);
+}
+
 // ------------------------------------------------------------------------------------------------ block math
-// exp for float: Cephes polynomial (~1 ulp); inputs are clamped to [-87.3, 88.4]. The loop vectorises.
+// exp for float: Cephes polynomial (~1 ulp); inputs are clamped to [-87.3, 88.4]. The loop vectorises
+// (the build uses -fno-trapping-math so that the comparisons need no branches).
 inline void exp_block(const float* __restrict x, float* __restrict out, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    const float v = std::min(std::max(x[i], -87.33654f), 88.3762626647949f);
+    const float xi = x[i];
+    const float lo = xi > -87.33654f ? xi : -87.33654f;  // max and min (exact vmaxps / vminps semantics)
+    const float v = lo < 88.3762626647949f ? lo : 88.3762626647949f;
     const float fx = std::floor(v * 1.44269504088896341f + 0.5f);
     const float r = v - fx * 0.693359375f + fx * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -92,233 +154,293 @@ inline void softplus_block(const T* __restrict x, T* __restrict sp, T* __restric
 }
 
 // ------------------------------------------------------------------------------------------------ problem
+// Channels are cut into "joint groups" of Hj channels that share one B row and one C row, each cut into blocks of
+// W lanes (the last block of a group may be partial: its extra lanes repeat the group's last channel and their
+// results are dropped).
 template <typename T>
 struct Problem {
+  static constexpr int W = Simd<T>::W;
   int64_t batch, dim, L, N, nchunks;
   const T *u, *delta, *A, *B, *C, *D, *z, *bias;  // D, z, bias may be null
   bool softplus, B_var, C_var;
-  int64_t GB, GC;  // groups of input-dependent B / C
+  int64_t GB, GC;        // groups of input-dependent B / C
+  int64_t Hj, ngj, nbg;  // channels per joint group, joint groups, blocks per joint group
 
-  const T* B_row(int64_t b, int64_t d) const { return B_var ? B + (b * GB + d / (dim / GB)) * L * N : B + d * N; }
-  const T* C_row(int64_t b, int64_t d) const { return C_var ? C + (b * GC + d / (dim / GC)) * L * N : C + d * N; }
-  int64_t sB() const { return B_var ? N : 0; }  // time stride of B_row
-  int64_t sC() const { return C_var ? N : 0; }
+  int64_t nblocks() const { return batch * ngj * nbg; }
+  // channel of lane j of block k in joint group gj
+  int64_t channel(int64_t gj, int64_t k, int j) const { return gj * Hj + std::min<int64_t>(k * W + j, Hj - 1); }
+  bool valid(int64_t k, int j) const { return k * W + j < Hj; }
+  // B_t / C_t rows of a block (input-dependent): advance by N per step
+  const T* B_rows(int64_t b, int64_t d0) const { return B + (b * GB + d0 / (dim / GB)) * L * N; }
+  const T* C_rows(int64_t b, int64_t d0) const { return C + (b * GC + d0 / (dim / GC)) * L * N; }
 };
 
-// Per-thread scratch and the two building blocks shared by forward and backward.
+// Per-thread scratch for one block and one chunk; buffers are time-major with the W lanes innermost.
 template <typename T, int NT>
-struct Chunk {
+struct Block {
+  using V = typename Simd<T>::V;
+  static constexpr int W = Simd<T>::W;
+  static constexpr int64_t kN = NT > 0 ? NT : kMaxN;  // capacity of state-indexed arrays
   const Problem<T>& p;
-  const int64_t N;
-  std::vector<T> x, dt, sig, dtu, dy, gate, tmp, dA, H, G;
+  int64_t b = 0, gj = 0, k = 0, d0 = 0, ch[W];
+  std::vector<T> X, DT, SIG, U, DTU, Z, DY, Y, OUT2, TMP, DA, H;  // (kChunk, W) or (kChunk, N, W)
+  std::vector<V> Al, Bl, Cl;                                      // (N) lane vectors: A, time-invariant B, C
 
-  explicit Chunk(const Problem<T>& p)
-      : p(p), N(NT > 0 ? NT : p.N), x(kChunk), dt(kChunk), sig(kChunk), dtu(kChunk), dy(kChunk), gate(kChunk),
-        tmp(kChunk * N), dA(kChunk * N), H(kChunk * N), G(kChunk * N) {}
+  explicit Block(const Problem<T>& p)
+      : p(p), X(kChunk * W), DT(kChunk * W), SIG(kChunk * W), U(kChunk * W), DTU(kChunk * W),
+        Z(kChunk * W), DY(kChunk * W), Y(kChunk * W), OUT2(kChunk * W), TMP(kChunk * p.N * W),
+        DA(kChunk * p.N * W), H(kChunk * p.N * W), Al(p.N), Bl(p.N), Cl(p.N) {}
 
-  // dt, dtu, dA = exp(dt A) for chunk c of row (b, d); sig = d dt / d delta if want_sig. Returns the chunk length.
-  int64_t prologue(int64_t b, int64_t d, int64_t c, bool want_sig) {
-    const int64_t t0 = c * kChunk, Tn = std::min(kChunk, p.L - t0), row = (b * p.dim + d) * p.L + t0;
-    const T bias = p.bias ? p.bias[d] : T(0);
-    for (int64_t t = 0; t < Tn; ++t) x[t] = p.delta[row + t] + bias;
-    if (p.softplus) {
-      softplus_block(x.data(), dt.data(), want_sig ? sig.data() : nullptr, tmp.data(), Tn);
-    } else {
-      std::copy(x.begin(), x.begin() + Tn, dt.begin());
-    }
-    for (int64_t t = 0; t < Tn; ++t) dtu[t] = dt[t] * p.u[row + t];
-    const T* A_d = p.A + d * N;
-    for (int64_t t = 0; t < Tn; ++t) {
-#pragma omp simd
-      for (int64_t n = 0; n < N; ++n) tmp[t * N + n] = dt[t] * A_d[n];
-    }
-    exp_block(tmp.data(), dA.data(), Tn * N);
-    return Tn;
-  }
+  // the state size: a compile-time constant when NT > 0, so loops over n have a known bound
+  static constexpr int64_t state_size(const Problem<T>& p) { return NT > 0 ? NT : p.N; }
 
-  // H[t] = states of the chunk starting from h0 (the state before it); returns nothing, H[Tn-1] is the last.
-  void recur(const T* __restrict h0, const T* __restrict B_t0, int64_t Tn) {
-    T h[NT > 0 ? NT : kMaxN];
-    for (int64_t n = 0; n < N; ++n) h[n] = h0[n];
-    const int64_t sB = p.sB();
-    for (int64_t t = 0; t < Tn; ++t) {
-      const T* __restrict Bt = B_t0 + t * sB;
-      const T* __restrict a = dA.data() + t * N;
-      T* __restrict Ht = H.data() + t * N;
-      const T w = dtu[t];
-#pragma omp simd
-      for (int64_t n = 0; n < N; ++n) {
-        h[n] = a[n] * h[n] + w * Bt[n];
-        Ht[n] = h[n];
+  void start(int64_t blk) {
+    const int64_t N = state_size(p);
+    b = blk / (p.ngj * p.nbg);
+    gj = (blk / p.nbg) % p.ngj;
+    k = blk % p.nbg;
+    for (int j = 0; j < W; ++j) ch[j] = p.channel(gj, k, j);
+    d0 = ch[0];
+    for (int64_t n = 0; n < N; ++n) {
+      for (int j = 0; j < W; ++j) {
+        Al[n][j] = p.A[ch[j] * N + n];
+        Bl[n][j] = p.B_var ? T(0) : p.B[ch[j] * N + n];
+        Cl[n][j] = p.C_var ? T(0) : p.C[ch[j] * N + n];
       }
     }
   }
 
-  // y_t = C_t · H_t for the chunk, into y.
-  void readout(const T* __restrict C_t0, int64_t Tn, T* __restrict y) const {
-    const int64_t sC = p.sC();
-    for (int64_t t = 0; t < Tn; ++t) {
-      const T* __restrict Ct = C_t0 + t * sC;
-      const T* __restrict Ht = H.data() + t * N;
-      T acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t n = 0; n < N; ++n) acc += Ct[n] * Ht[n];
-      y[t] = acc;
+  int64_t row(int j, int64_t t0) const { return (b * p.dim + ch[j]) * p.L + t0; }
+
+  // (kChunk, W) buffer <- rows of a (batch, dim, L) tensor
+  void gather(const T* src, int64_t t0, int64_t Tn, T* dst) const {
+    for (int j = 0; j < W; ++j) {
+      const T* s = src + row(j, t0);
+      for (int64_t t = 0; t < Tn; ++t) dst[t * W + j] = s[t];
     }
   }
 
-  // gate = sigmoid(z) for the chunk.
-  void sigmoid_z(const T* __restrict zc, int64_t Tn) {
-    for (int64_t t = 0; t < Tn; ++t) tmp[t] = -zc[t];
-    exp_block(tmp.data(), gate.data(), Tn);
-    for (int64_t t = 0; t < Tn; ++t) gate[t] = T(1) / (T(1) + gate[t]);
+  // rows of a (batch, dim, L) tensor <- (kChunk, W) buffer, valid lanes only
+  void scatter(const T* src, int64_t t0, int64_t Tn, T* dst) const {
+    for (int j = 0; j < W; ++j) {
+      if (!p.valid(k, j)) continue;
+      T* d = dst + row(j, t0);
+      for (int64_t t = 0; t < Tn; ++t) d[t] = src[t * W + j];
+    }
+  }
+
+  // DT, DTU, U, DA = exp(dt A) (and SIG = d dt / d delta if want_sig) for chunk c. Returns the chunk length.
+  int64_t prologue(int64_t c, bool want_sig) {
+    const int64_t N = state_size(p);
+    const int64_t t0 = c * kChunk, Tn = std::min(kChunk, p.L - t0), n_tw = Tn * W;
+    gather(p.delta, t0, Tn, X.data());
+    gather(p.u, t0, Tn, U.data());
+    if (p.bias) {
+      for (int64_t t = 0; t < Tn; ++t) {
+        for (int j = 0; j < W; ++j) X[t * W + j] += p.bias[ch[j]];
+      }
+    }
+    if (p.softplus) {
+      softplus_block(X.data(), DT.data(), want_sig ? SIG.data() : nullptr, TMP.data(), n_tw);
+    } else {
+      std::copy(X.begin(), X.begin() + n_tw, DT.begin());
+    }
+    for (int64_t i = 0; i < n_tw; ++i) DTU[i] = DT[i] * U[i];
+    for (int64_t t = 0; t < Tn; ++t) {
+      const V dt = vload<V>(&DT[t * W]);
+      for (int64_t n = 0; n < N; ++n) vstore(&TMP[(t * N + n) * W], dt * Al[n]);
+    }
+    exp_block(TMP.data(), DA.data(), Tn * N * W);
+    return Tn;
+  }
+
+  // H[t] = states of chunk c from h (the state before it); h becomes the last state. With want_y: Y[t] = C_t · h_t.
+  void recur(int64_t c, int64_t Tn, V* __restrict h, bool want_y) {
+    const int64_t N = state_size(p);
+    const int64_t t0 = c * kChunk;
+    const T* Brow = p.B_var ? p.B_rows(b, d0) + t0 * N : nullptr;
+    const T* Crow = p.C_var ? p.C_rows(b, d0) + t0 * N : nullptr;
+    for (int64_t t = 0; t < Tn; ++t) {
+      const V w = vload<V>(&DTU[t * W]);
+      V y{};
+      for (int64_t n = 0; n < N; ++n) {
+        const V bn = Brow ? splat<V>(Brow[t * N + n]) : Bl[n];
+        h[n] = vload<V>(&DA[(t * N + n) * W]) * h[n] + w * bn;
+        vstore(&H[(t * N + n) * W], h[n]);
+        if (want_y) y += (Crow ? splat<V>(Crow[t * N + n]) : Cl[n]) * h[n];
+      }
+      if (want_y) vstore(&Y[t * W], y);
+    }
+  }
+
+  // Z = z of chunk c, SIG-like gate: OUT2 = sigmoid(z). Returns nothing; Z and OUT2 are (Tn, W).
+  void gate(int64_t c, int64_t Tn) {
+    gather(p.z, c * kChunk, Tn, Z.data());
+    for (int64_t i = 0; i < Tn * W; ++i) TMP[i] = -Z[i];
+    exp_block(TMP.data(), OUT2.data(), Tn * W);
+    for (int64_t i = 0; i < Tn * W; ++i) OUT2[i] = T(1) / (T(1) + OUT2[i]);
   }
 };
 
 // ------------------------------------------------------------------------------------------------ forward
+// ckpt: (nblocks, nchunks, N, W), the state before each chunk.
 template <typename T, int NT>
 void forward(const Problem<T>& p, T* out, T* last, T* ckpt) {
-  at::parallel_for(0, p.batch * p.dim, 1, [&](int64_t begin, int64_t end) {
-    Chunk<T, NT> k(p);
-    const int64_t N = k.N;
-    std::vector<T> h(N);
-    for (int64_t bd = begin; bd < end; ++bd) {
-      const int64_t b = bd / p.dim, d = bd % p.dim;
-      const T* B_r = p.B_row(b, d);
-      const T* C_r = p.C_row(b, d);
-      const T Dd = p.D ? p.D[d] : T(0);
-      std::fill(h.begin(), h.end(), T(0));
+  using V = typename Simd<T>::V;
+  constexpr int W = Simd<T>::W;
+  at::parallel_for(0, p.nblocks(), 1, [&](int64_t begin, int64_t end) {
+    Block<T, NT> k(p);
+    const int64_t N = Block<T, NT>::state_size(p);
+    V h[Block<T, NT>::kN];
+    for (int64_t blk = begin; blk < end; ++blk) {
+      k.start(blk);
+      T Dl[W];
+      for (int j = 0; j < W; ++j) Dl[j] = p.D ? p.D[k.ch[j]] : T(0);
+      for (int64_t n = 0; n < N; ++n) h[n] = V{};
       for (int64_t c = 0; c < p.nchunks; ++c) {
-        const int64_t t0 = c * kChunk, row = bd * p.L + t0;
-        std::copy(h.begin(), h.end(), ckpt + (bd * p.nchunks + c) * N);
-        const int64_t Tn = k.prologue(b, d, c, false);
-        k.recur(h.data(), B_r + t0 * p.sB(), Tn);
-        std::copy(k.H.begin() + (Tn - 1) * N, k.H.begin() + Tn * N, h.begin());
-        T* o = out + row;
-        k.readout(C_r + t0 * p.sC(), Tn, o);
-        for (int64_t t = 0; t < Tn; ++t) o[t] += Dd * p.u[row + t];
-        if (p.z) {
-          k.sigmoid_z(p.z + row, Tn);
-          for (int64_t t = 0; t < Tn; ++t) o[t] *= p.z[row + t] * k.gate[t];
+        for (int64_t n = 0; n < N; ++n) vstore(&ckpt[((blk * p.nchunks + c) * N + n) * W], h[n]);
+        const int64_t Tn = k.prologue(c, false);
+        k.recur(c, Tn, h, true);
+        for (int64_t t = 0; t < Tn; ++t) {
+          for (int j = 0; j < W; ++j) k.Y[t * W + j] += Dl[j] * k.U[t * W + j];
         }
+        if (p.z) {
+          k.gate(c, Tn);
+          for (int64_t i = 0; i < Tn * W; ++i) k.Y[i] *= k.Z[i] * k.OUT2[i];
+        }
+        k.scatter(k.Y.data(), c * kChunk, Tn, out);
       }
-      std::copy(h.begin(), h.end(), last + bd * N);
+      for (int j = 0; j < W; ++j) {
+        if (!p.valid(k.k, j)) continue;
+        for (int64_t n = 0; n < N; ++n) last[(k.b * p.dim + k.ch[j]) * N + n] = h[n][j];
+      }
     }
   });
 }
 
 // ------------------------------------------------------------------------------------------------ backward
-// Gradient buffers. dB/dC of input-dependent B/C are summed over the channels of a group; each work item owns a
-// block of S channels inside one group and writes its own slice of a (ngroups_blocks, batch, G, L, N) partial
-// buffer, reduced afterwards; time-invariant dB/dC and dA, dD, ddelta_bias get per-(b, d) partials.
+// Gradient outputs. du, ddelta, dz: (batch, dim, L). dA, dD, ddelta_bias and time-invariant dB/dC: per-(b, d)
+// partials (batch, dim, N) or (batch, dim), summed over batch afterwards. Input-dependent dB/dC are summed over the
+// channels of a group: each work item (a run of `bpi` blocks inside one joint group) owns a slot of a
+// (slots, batch, G, L, N) partial buffer, summed over slots afterwards.
 template <typename T>
 struct Grads {
-  T *du, *ddelta, *dz;    // (batch, dim, L); dz may be null
-  T *dA, *dD, *dbias;     // (batch, dim, N), (batch, dim), (batch, dim) partials
-  T *dB, *dC;             // partials, see dB_row / dC_row
-  int64_t S;              // channels per work item
+  T *du, *ddelta, *dz, *dA, *dD, *dbias, *dB, *dC;
+  int64_t bpi;  // blocks per work item
   const T* dout;
-  const T* dlast;         // (batch, dim, N) or null
+  const T* dlast;  // (batch, dim, N) or null
 
-  T* d_row(T* base, bool var, int64_t G, const Problem<T>& p, int64_t b, int64_t d) const {
-    if (!var) return base + (b * p.dim + d) * p.N;
-    const int64_t H = p.dim / G, j = (d % H) / S;
-    return base + ((j * p.batch + b) * G + d / H) * p.L * p.N;
+  // slot of the work item starting at block k of joint group gj, for groups of H channels
+  int64_t slot(const Problem<T>& p, int64_t gj, int64_t k, int64_t H) const {
+    const int64_t items_per_group = p.nbg / bpi;
+    return ((gj * p.Hj) % H) / p.Hj * items_per_group + k / bpi;
   }
 };
 
 template <typename T, int NT>
 void backward(const Problem<T>& p, const T* ckpt, const Grads<T>& g) {
-  const int64_t nblocks = p.dim / g.S;
-  at::parallel_for(0, p.batch * nblocks, 1, [&](int64_t begin, int64_t end) {
-    Chunk<T, NT> k(p);
-    const int64_t N = k.N;
-    T gnext[NT > 0 ? NT : kMaxN], dA_acc[NT > 0 ? NT : kMaxN];
-    std::vector<T> y(kChunk);
+  using V = typename Simd<T>::V;
+  constexpr int W = Simd<T>::W;
+  const int64_t nitems = p.nblocks() / g.bpi;
+  const int64_t HB = p.dim / p.GB, HC = p.dim / p.GC;
+  at::parallel_for(0, nitems, 1, [&](int64_t begin, int64_t end) {
+    Block<T, NT> k(p);
+    const int64_t N = Block<T, NT>::state_size(p);
+    constexpr int64_t NV = Block<T, NT>::kN;
+    V h[NV], gnext[NV], dA_acc[NV], dBl[NV], dCl[NV], dBv[NV], dCv[NV];
+    std::vector<T> DOUT(kChunk * W), DU(kChunk * W), DDELTA(kChunk * W), DZ(kChunk * W);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / nblocks, d0 = (item % nblocks) * g.S;
-      for (int64_t d = d0; d < d0 + g.S; ++d) {
-        const int64_t bd = b * p.dim + d;
-        const T* B_r = p.B_row(b, d);
-        const T* C_r = p.C_row(b, d);
-        T* dB_r = g.d_row(g.dB, p.B_var, p.GB, p, b, d);
-        T* dC_r = g.d_row(g.dC, p.C_var, p.GC, p, b, d);
-        const T* A_d = p.A + d * N;
-        const T Dd = p.D ? p.D[d] : T(0);
-        for (int64_t n = 0; n < N; ++n) {
-          gnext[n] = g.dlast ? g.dlast[bd * N + n] : T(0);
-          dA_acc[n] = 0;
+      for (int64_t blk = item * g.bpi; blk < (item + 1) * g.bpi; ++blk) {
+        k.start(blk);
+        T* dB_rows = p.B_var ? g.dB + ((g.slot(p, k.gj, k.k, HB) * p.batch + k.b) * p.GB + k.d0 / HB) * p.L * N
+                             : nullptr;
+        T* dC_rows = p.C_var ? g.dC + ((g.slot(p, k.gj, k.k, HC) * p.batch + k.b) * p.GC + k.d0 / HC) * p.L * N
+                             : nullptr;
+        V Dl{}, valid{};
+        for (int j = 0; j < W; ++j) {
+          Dl[j] = p.D ? p.D[k.ch[j]] : T(0);
+          valid[j] = p.valid(k.k, j) ? T(1) : T(0);
         }
-        T dD_acc = 0, dbias_acc = 0;
+        for (int64_t n = 0; n < N; ++n) {
+          for (int j = 0; j < W; ++j) {
+            gnext[n][j] = g.dlast && p.valid(k.k, j) ? g.dlast[(k.b * p.dim + k.ch[j]) * N + n] : T(0);
+          }
+          dA_acc[n] = dBl[n] = dCl[n] = V{};
+        }
+        V dD_acc{}, dbias_acc{};
         for (int64_t c = p.nchunks - 1; c >= 0; --c) {
-          const int64_t t0 = c * kChunk, row = bd * p.L + t0;
-          const T* h0 = ckpt + (bd * p.nchunks + c) * N;
-          const int64_t Tn = k.prologue(b, d, c, p.softplus);
-          const T* B_c = B_r + t0 * p.sB();
-          const T* C_c = C_r + t0 * p.sC();
-          const int64_t sB = p.sB(), sC = p.sC();
-          T* dB_c = dB_r + t0 * sB;
-          T* dC_c = dC_r + t0 * sC;
-          k.recur(h0, B_c, Tn);
-          const T* u = p.u + row;
-          const T* dout = g.dout + row;
-          // out = (y + D u) silu(z): dy, dz
+          const int64_t t0 = c * kChunk;
+          const T* h0 = ckpt + (blk * p.nchunks + c) * N * W;
+          const int64_t Tn = k.prologue(c, p.softplus);
+          for (int64_t n = 0; n < N; ++n) h[n] = vload<V>(&h0[n * W]);
+          k.recur(c, Tn, h, p.z != nullptr);
+          k.gather(g.dout, t0, Tn, DOUT.data());
+          // out = (y + D u) silu(z): dy (zero on padding lanes), dz
           if (p.z) {
-            const T* z = p.z + row;
-            k.readout(C_c, Tn, y.data());
-            k.sigmoid_z(z, Tn);
+            k.gate(c, Tn);
             for (int64_t t = 0; t < Tn; ++t) {
-              const T s = k.gate[t], pre = y[t] + Dd * u[t];
-              g.dz[row + t] = dout[t] * pre * s * (T(1) + z[t] * (T(1) - s));
-              k.dy[t] = dout[t] * z[t] * s;
+              const V s = vload<V>(&k.OUT2[t * W]), z = vload<V>(&k.Z[t * W]), dout = vload<V>(&DOUT[t * W]);
+              const V pre = vload<V>(&k.Y[t * W]) + Dl * vload<V>(&k.U[t * W]);
+              vstore(&DZ[t * W], dout * pre * s * (T(1) + z * (T(1) - s)));
+              vstore(&k.DY[t * W], dout * z * s * valid);
             }
           } else {
-            std::copy(dout, dout + Tn, k.dy.begin());
+            for (int64_t t = 0; t < Tn; ++t) vstore(&k.DY[t * W], vload<V>(&DOUT[t * W]) * valid);
           }
-          // adjoint of the state, sequential: g_t = dy_t C_t + exp(dt_{t+1} A) ⊙ g_{t+1}
+          const T* Brow = p.B_var ? p.B_rows(k.b, k.d0) + t0 * N : nullptr;
+          const T* Crow = p.C_var ? p.C_rows(k.b, k.d0) + t0 * N : nullptr;
+          // reverse sweep: g_t = dy_t C_t + exp(dt_{t+1} A) ⊙ g_{t+1}, and every gradient that uses g_t
           for (int64_t t = Tn - 1; t >= 0; --t) {
-            const T* __restrict Ct = C_c + t * sC;
-            const T* __restrict a = k.dA.data() + t * N;
-            T* __restrict Gt = k.G.data() + t * N;
-            const T w = k.dy[t];
-#pragma omp simd
+            const V dy = vload<V>(&k.DY[t * W]), w = vload<V>(&k.DTU[t * W]), dt = vload<V>(&k.DT[t * W]);
+            V sAh{}, sGB{};
             for (int64_t n = 0; n < N; ++n) {
-              const T gt = w * Ct[n] + gnext[n];
-              Gt[n] = gt;
-              gnext[n] = a[n] * gt;
-            }
-          }
-          // everything else is independent across steps
-          for (int64_t t = 0; t < Tn; ++t) {
-            const T* __restrict Gt = k.G.data() + t * N;
-            const T* __restrict Ht = k.H.data() + t * N;
-            const T* __restrict hp = t > 0 ? k.H.data() + (t - 1) * N : h0;
-            const T* __restrict a = k.dA.data() + t * N;
-            const T* __restrict Bt = B_c + t * sB;
-            T* __restrict dBt = dB_c + t * sB;
-            T* __restrict dCt = dC_c + t * sC;
-            const T dt = k.dt[t], dtu = k.dtu[t], w = k.dy[t];
-            T sAh = 0, sGB = 0;
-#pragma omp simd reduction(+ : sAh, sGB)
-            for (int64_t n = 0; n < N; ++n) {
-              const T gah = Gt[n] * a[n] * hp[n];
+              const V gt = dy * (Crow ? splat<V>(Crow[t * N + n]) : k.Cl[n]) + gnext[n];
+              const V a = vload<V>(&k.DA[(t * N + n) * W]);
+              const V hp = t > 0 ? vload<V>(&k.H[((t - 1) * N + n) * W]) : vload<V>(&h0[n * W]);
+              const V gah = gt * a * hp;
               dA_acc[n] += gah * dt;
-              sAh += gah * A_d[n];
-              sGB += Gt[n] * Bt[n];
-              dBt[n] += Gt[n] * dtu;
-              dCt[n] += w * Ht[n];
+              sAh += gah * k.Al[n];
+              sGB += gt * (Brow ? splat<V>(Brow[t * N + n]) : k.Bl[n]);
+              const V gb = gt * w, hc = dy * vload<V>(&k.H[(t * N + n) * W]);
+              if (Brow) dBv[n] = gb; else dBl[n] += gb;
+              if (Crow) dCv[n] = hc; else dCl[n] += hc;
+              gnext[n] = a * gt;
             }
-            const T ddt = sAh + u[t] * sGB;
-            const T ddelta = p.softplus ? ddt * k.sig[t] : ddt;
-            g.du[row + t] = w * Dd + dt * sGB;
-            g.ddelta[row + t] = ddelta;
-            dD_acc += w * u[t];
+            // input-dependent dB_t, dC_t: sums over the lanes (channels), W states at a time
+            for (auto [rows, v] : {std::pair<T*, V*>{dB_rows, dBv}, std::pair<T*, V*>{dC_rows, dCv}}) {
+              if (!rows) continue;
+              T* r = rows + (t0 + t) * N;
+              int64_t n = 0;
+              for (; n + W <= N; n += W) vstore(&r[n], vload<V>(&r[n]) + lane_sums(&v[n]));
+              for (; n < N; ++n) {
+                T s = 0;
+                for (int j = 0; j < W; ++j) s += v[n][j];
+                r[n] += s;
+              }
+            }
+            const V u = vload<V>(&k.U[t * W]);
+            const V ddt = sAh + u * sGB;
+            const V ddelta = p.softplus ? ddt * vload<V>(&k.SIG[t * W]) : ddt;
+            vstore(&DU[t * W], dy * Dl + dt * sGB);
+            vstore(&DDELTA[t * W], ddelta);
             dbias_acc += ddelta;
+            dD_acc += dy * u;
           }
+          k.scatter(DU.data(), t0, Tn, g.du);
+          k.scatter(DDELTA.data(), t0, Tn, g.ddelta);
+          if (p.z) k.scatter(DZ.data(), t0, Tn, g.dz);
         }
-        for (int64_t n = 0; n < N; ++n) g.dA[bd * N + n] = dA_acc[n];
-        g.dD[bd] = dD_acc;
-        g.dbias[bd] = dbias_acc;
+        for (int j = 0; j < W; ++j) {
+          if (!p.valid(k.k, j)) continue;
+          const int64_t bd = k.b * p.dim + k.ch[j];
+          for (int64_t n = 0; n < N; ++n) {
+            g.dA[bd * N + n] = dA_acc[n][j];
+            if (!p.B_var) g.dB[bd * N + n] = dBl[n][j];
+            if (!p.C_var) g.dC[bd * N + n] = dCl[n][j];
+          }
+          g.dD[bd] = dD_acc[j];
+          g.dbias[bd] = dbias_acc[j];
+        }
       }
     }
   });
@@ -348,6 +470,9 @@ Problem<T> make_problem(const at::Tensor& u, const at::Tensor& delta, const at::
   p.C_var = C.dim() == 4;
   p.GB = p.B_var ? B.size(1) : 1;
   p.GC = p.C_var ? C.size(1) : 1;
+  p.Hj = std::gcd(p.dim / p.GB, p.dim / p.GC);
+  p.ngj = p.dim / p.Hj;
+  p.nbg = (p.Hj + Problem<T>::W - 1) / Problem<T>::W;
   return p;
 }
 
@@ -355,10 +480,11 @@ void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
                   const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
                   const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(u.dim() == 3 && delta.sizes() == u.sizes(), "selective_scan_cpu: u, delta must be (batch, dim, L)");
-  TORCH_CHECK(A.dim() == 2 && A.size(0) == u.size(1) && A.size(1) <= kMaxN, "selective_scan_cpu: A must be (dim, N<=256)");
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == u.size(1) && A.size(1) <= kMaxN,
+              "selective_scan_cpu: A must be (dim, N<=256)");
   for (const at::Tensor* M : {&B, &C}) {
     TORCH_CHECK((M->dim() == 2 && M->sizes() == A.sizes()) ||
-                    (M->dim() == 4 && M->size(0) == u.size(0) && u.size(1) % M->size(1) == 0 &&
+                    (M->dim() == 4 && M->size(0) == u.size(0) && M->size(1) > 0 && u.size(1) % M->size(1) == 0 &&
                      M->size(2) == u.size(2) && M->size(3) == A.size(1)),
                 "selective_scan_cpu: B, C must be (dim, N) or (batch, G, L, N)");
   }
@@ -394,20 +520,21 @@ void with_N(int64_t N, F&& f) {
   }
 }
 
-// Returns out (batch, dim, L), last state (batch, dim, N), checkpoints (batch, dim, nchunks, N).
+// Returns out (batch, dim, L), last state (batch, dim, N), checkpoints (opaque, for bwd).
 std::vector<at::Tensor> fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                             const at::Tensor& C, const std::optional<at::Tensor>& D,
                             const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& bias,
                             bool softplus) {
   check_inputs(u, delta, A, B, C, D, z, bias);
-  const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2), N = A.size(1);
+  const int64_t dim = u.size(1), N = A.size(1);
   auto out = at::empty_like(u);
-  auto last = at::zeros({batch, dim, N}, u.options());
-  auto ckpt = at::empty({batch, dim, (L + kChunk - 1) / kChunk, N}, u.options());
-  if (L == 0) return {out, last, ckpt};
+  auto last = at::zeros({u.size(0), dim, N}, u.options());
+  at::Tensor ckpt;
   with_dtype(u, [&](auto tag) {
     using scalar_t = decltype(tag);
     const auto p = make_problem<scalar_t>(u, delta, A, B, C, D, z, bias, softplus);
+    ckpt = at::empty({p.nblocks(), p.nchunks, N, Simd<scalar_t>::W}, u.options());
+    if (p.L == 0) return;
     with_N<scalar_t>(N, [&](auto NT) {
       forward<scalar_t, decltype(NT)::value>(p, out.data_ptr<scalar_t>(), last.data_ptr<scalar_t>(),
                                               ckpt.data_ptr<scalar_t>());
@@ -416,17 +543,17 @@ std::vector<at::Tensor> fwd(const at::Tensor& u, const at::Tensor& delta, const 
   return {out, last, ckpt};
 }
 
-// Channels per backward work item: the largest divisor of the channels per group (of B and C) that still gives
-// every thread about 4 items.
-int64_t block_size(int64_t batch, int64_t dim, int64_t HB, int64_t HC) {
-  const int64_t h = std::gcd(HB, HC), want = 4 * static_cast<int64_t>(at::get_num_threads());
-  for (int64_t s = h; s >= 1; --s) {
-    if (h % s == 0 && batch * (dim / s) >= want) return s;
+// Blocks per backward work item: the largest divisor of the blocks per joint group that still gives every thread
+// about 4 items (fewer, larger items mean fewer dB/dC partial slots).
+int64_t blocks_per_item(int64_t nblocks_total, int64_t nbg) {
+  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+  for (int64_t s = nbg; s >= 1; --s) {
+    if (nbg % s == 0 && nblocks_total / s >= want) return s;
   }
   return 1;
 }
 
-// Returns du, ddelta, dA, dB, dC, dD, dz, ddelta_bias.
+// Returns du, ddelta, dA, dB, dC, dD, dz, ddelta_bias (empty tensors for D, z, delta_bias not given).
 std::vector<at::Tensor> bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                             const at::Tensor& C, const std::optional<at::Tensor>& D,
                             const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& bias,
@@ -439,40 +566,37 @@ std::vector<at::Tensor> bwd(const at::Tensor& u, const at::Tensor& delta, const 
               "selective_scan_cpu: dlast must be contiguous like u");
   const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2), N = A.size(1);
   const bool B_var = B.dim() == 4, C_var = C.dim() == 4;
-  const int64_t GB = B_var ? B.size(1) : 1, GC = C_var ? C.size(1) : 1;
-  const int64_t S = block_size(batch, dim, dim / GB, dim / GC);
-  auto du = at::empty_like(u), ddelta = at::empty_like(u);
-  auto dz = z ? at::empty_like(u) : at::Tensor();
+  auto du = at::zeros_like(u), ddelta = at::zeros_like(u);
+  auto dz = z ? at::zeros_like(u) : at::empty({0}, u.options());
   auto dA = at::zeros({batch, dim, N}, u.options());
   auto dD = at::zeros({batch, dim}, u.options()), dbias = at::zeros({batch, dim}, u.options());
-  auto dB = B_var ? at::zeros({dim / GB / S, batch, GB, L, N}, u.options()) : at::zeros({batch, dim, N}, u.options());
-  auto dC = C_var ? at::zeros({dim / GC / S, batch, GC, L, N}, u.options()) : at::zeros({batch, dim, N}, u.options());
-  if (L > 0) {
-    with_dtype(u, [&](auto tag) {
-      using scalar_t = decltype(tag);
-      const auto p = make_problem<scalar_t>(u, delta, A, B, C, D, z, bias, softplus);
-      Grads<scalar_t> g;
-      g.du = du.data_ptr<scalar_t>();
-      g.ddelta = ddelta.data_ptr<scalar_t>();
-      g.dz = z ? dz.data_ptr<scalar_t>() : nullptr;
-      g.dA = dA.data_ptr<scalar_t>();
-      g.dD = dD.data_ptr<scalar_t>();
-      g.dbias = dbias.data_ptr<scalar_t>();
-      g.dB = dB.data_ptr<scalar_t>();
-      g.dC = dC.data_ptr<scalar_t>();
-      g.S = S;
-      g.dout = dout.data_ptr<scalar_t>();
-      g.dlast = dlast ? dlast->data_ptr<scalar_t>() : nullptr;
-      with_N<scalar_t>(N, [&](auto NT) { backward<scalar_t, decltype(NT)::value>(p, ckpt.data_ptr<scalar_t>(), g); });
-    });
-  } else {
-    du.zero_();
-    ddelta.zero_();
-    if (z) dz.zero_();
-  }
-  // inputs that were not given get empty gradients
-  return {du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0), D ? dD.sum(0) : at::empty({0}, u.options()),
-          z ? dz : at::empty({0}, u.options()), bias ? dbias.sum(0) : at::empty({0}, u.options())};
+  at::Tensor dB, dC;
+  with_dtype(u, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const auto p = make_problem<scalar_t>(u, delta, A, B, C, D, z, bias, softplus);
+    TORCH_CHECK(ckpt.scalar_type() == u.scalar_type() && ckpt.is_contiguous() &&
+                    ckpt.sizes() == at::IntArrayRef({p.nblocks(), p.nchunks, N, Simd<scalar_t>::W}),
+                "selective_scan_cpu: checkpoints do not match the inputs");
+    Grads<scalar_t> g;
+    g.bpi = blocks_per_item(p.nblocks(), p.nbg);
+    const int64_t slots_B = (dim / p.GB) / p.Hj * (p.nbg / g.bpi), slots_C = (dim / p.GC) / p.Hj * (p.nbg / g.bpi);
+    dB = B_var ? at::zeros({slots_B, batch, p.GB, L, N}, u.options()) : at::zeros({batch, dim, N}, u.options());
+    dC = C_var ? at::zeros({slots_C, batch, p.GC, L, N}, u.options()) : at::zeros({batch, dim, N}, u.options());
+    if (L == 0) return;
+    g.du = du.data_ptr<scalar_t>();
+    g.ddelta = ddelta.data_ptr<scalar_t>();
+    g.dz = z ? dz.data_ptr<scalar_t>() : nullptr;
+    g.dA = dA.data_ptr<scalar_t>();
+    g.dD = dD.data_ptr<scalar_t>();
+    g.dbias = dbias.data_ptr<scalar_t>();
+    g.dB = dB.data_ptr<scalar_t>();
+    g.dC = dC.data_ptr<scalar_t>();
+    g.dout = dout.data_ptr<scalar_t>();
+    g.dlast = dlast ? dlast->data_ptr<scalar_t>() : nullptr;
+    with_N<scalar_t>(N, [&](auto NT) { backward<scalar_t, decltype(NT)::value>(p, ckpt.data_ptr<scalar_t>(), g); });
+  });
+  auto empty = at::empty({0}, u.options());
+  return {du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0), D ? dD.sum(0) : empty, dz, bias ? dbias.sum(0) : empty};
 }
 
 }  // namespace
