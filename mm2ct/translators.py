@@ -104,20 +104,27 @@ class Translator(nn.Module):
         """What a generator reading MR sees: (B, C_A, H, W) -> (B, condition_channels, H, W)."""
         return x_a
 
+    def generate(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Synthetic CT (B, 1, H, W) from ``condition(MR)``. CycleGAN: G_nd_ab (deterministic)."""
+        return self.G_nd_ab(cond)
+
     @torch.no_grad()
     def translate(self, sources: Mapping[str, torch.Tensor], seed: int | None = None,
                   generator: torch.Generator | None = None) -> torch.Tensor:
-        """MR -> synthetic CT (B, 1, H, W) in [-1, 1]. CycleGAN: G_nd_ab (deterministic; seed unused)."""
-        return self.G_nd_ab(self.condition(self.mr(sources)))
+        """MR -> synthetic CT (B, 1, H, W) in [-1, 1], used by evaluation and inference. Randomness (diffusion
+        models) comes from ``generator``, else from a new one seeded with ``seed``, else from the global RNG."""
+        cond = self.condition(self.mr(sources))  # (B, condition_channels, H, W)
+        return self.generate(cond, _rng(cond.device, seed, generator))
 
     @torch.no_grad()
     def sample(self, sources: Mapping[str, torch.Tensor], n: int, seed: int | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` draws of ``translate`` from one random stream: (n, B, 1, H, W). Their mean and standard deviation
-        over the first axis give the prediction and the uncertainty map (zero spread for CycleGAN)."""
-        x = next(iter(sources.values()))
-        g = _rng(x.device, seed, generator)
-        return torch.stack([self.translate(sources, generator=g) for _ in range(n)])
+        """``n`` draws of ``translate`` from one random stream (the condition computed once): (n, B, 1, H, W).
+        Their mean and standard deviation over the first axis give the prediction and the uncertainty map
+        (zero spread for CycleGAN)."""
+        cond = self.condition(self.mr(sources))
+        g = _rng(cond.device, seed, generator)
+        return torch.stack([self.generate(cond, g) for _ in range(n)])
 
 
 class SynDiff(Translator):
@@ -135,19 +142,15 @@ class SynDiff(Translator):
         self.D_diff_a = DiffusiveDiscriminator(n_a, size, tc.disc_ngf, tc.t_emb_dim)
         self.D_diff_b = DiffusiveDiscriminator(1, size, tc.disc_ngf, tc.t_emb_dim)
         self.schedule = DiffusionSchedule(tc.num_timesteps, tc.beta_min, tc.beta_max)
+        self.nz = tc.nz
 
     def latent(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """z ~ N(0, I_nz): (batch, nz), on the model's device."""
-        return torch.randn(batch, self.G_diff_b.nz, generator=generator, device=self.schedule.betas.device)
+        return torch.randn(batch, self.nz, generator=generator, device=self.schedule.betas.device)
 
-    @torch.no_grad()
-    def translate(self, sources: Mapping[str, torch.Tensor], seed: int | None = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """MR -> synthetic CT (B, 1, H, W) by T-step sampling of G_diff_b with source = condition(MR) (§2.8).
-        All randomness comes from ``generator`` or a new one seeded with ``seed`` (global RNG if both None)."""
-        cond = self.condition(self.mr(sources))  # (B, condition_channels, H, W)
-        g = _rng(cond.device, seed, generator)
-        return self.schedule.sample(self.G_diff_b, cond, self.latent, g, channels=1)
+    def generate(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """T-step sampling of G_diff_b with source = condition(MR) (§2.8): (B, 1, H, W)."""
+        return self.schedule.sample(self.G_diff_b, cond, self.latent, generator, channels=1)
 
 
 class MM2CT(SynDiff):

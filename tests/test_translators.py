@@ -70,6 +70,7 @@ def test_translate_shape_range_and_determinism(models, sources, name: str) -> No
     torch.testing.assert_close(tr.translate(sources, seed=42), a, rtol=0, atol=0)
     samples = tr.sample(sources, 3, seed=1)
     assert samples.shape == (3, 2, 1, 32, 32)
+    torch.testing.assert_close(samples[0], tr.translate(sources, seed=1), rtol=0, atol=0)  # one stream per seed
     if isinstance(tr, SynDiff):
         assert not torch.equal(tr.translate(sources, seed=43), a)  # the seed matters for diffusion models
         assert samples.std(dim=0).mean() > 0  # repeated samples spread (the uncertainty map)
