@@ -12,6 +12,8 @@ import sys
 # name -> (module, one-line help).  Modules are imported only when their subcommand runs or when --help is built.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "env": ("mm2ct.env_info", "print versions, devices and the available selective-scan backends"),
+    "phantom": ("mm2ct.data.phantom", "generate procedural pelvis phantom patients (T1w, T2w, CT in HU, mask)"),
+    "prepare": ("mm2ct.data.slices", "build the slice cache (splits, normalised 2-D slices) of a dataset"),
     "reproduce": ("mm2ct.reproduce", "run the notebooks in order with papermill for a profile"),
 }
 

@@ -39,9 +39,14 @@ class DataConfig:
     hu_min: float = -1024.0          # CT window mapped to [-1, 1] (int16 HU range of SynthRAD releases)
     hu_max: float = 3071.0
     mr_norm: str = "syndiff"         # syndiff (volume mean -> 1, global max -> 1) | robust (percentiles in body)
-    phantom_grid: str = "gold"       # phantom grid preset: gold (256^2 @1.75 mm) | coarse | tiny
+    mr_percentile: float = 99.5      # robust MR normalisation: this body-mask percentile -> +1
+    ct_norm: str = "window"          # window (hu_min..hu_max -> [-1, 1], exact inverse) | syndiff [open choice 3]
+    split_csv: str | None = None     # patient,split CSV fixing the split (None: seeded; Gold Atlas: committed CSV)
+    phantom_grid: str = "gold"       # phantom grid preset: gold (256^2 @1.75 mm) | coarse (128^2 @3.5 mm) | tiny
     phantom_slices: int = 56         # slices per phantom patient (48-64 in data.md §4.1)
     phantom_seed: int = 0            # patient p gets seed phantom_seed + p
+    phantom_t1_grid: str = "own"     # own: T1 on its own grid, rigidly offset (resampled onto T2) | t2
+    phantom_labels: bool = True      # also write the tissue label map (labels.nii.gz) for per-tissue plots
     slices_per_patient: int | None = None  # keep only this many central slices (None: all with body)
     unpaired: bool = True            # shuffle subject identities between MR and CT (SynDiff issue #45) [5]
 
