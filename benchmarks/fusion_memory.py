@@ -102,8 +102,7 @@ def main(argv=None) -> int:
           f"{os.cpu_count()} CPU cores, address-space cap {args.mem_limit_gb:.1f} GB per phase\n")
     print(f"{'variant':<10} {'params':>10} {'paper':>8} {'ratio':>6}")
     for name, n, paper in _parameter_rows():
-        print(f"{name:<10} {n:>10,} {paper / 1e6 if paper else float('nan'):>7.2f}M "
-              f"{n / paper if paper else float('nan'):>6.3f}")
+        print(f"{name:<10} {n:>10,} " + (f"{paper / 1e6:>7.2f}M {n / paper:>6.3f}" if paper else f"{'-':>8} {'-':>6}"))
     print()
 
     results = []
