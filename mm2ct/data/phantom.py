@@ -791,8 +791,9 @@ def generate_patient(seed: int, grid: str = "coarse", n_slices: int | None = Non
     shape = (preset.n_xy, preset.n_xy, nz)
     spacing = (preset.spacing_xy, preset.spacing_xy, preset.spacing_z)
     affine = grid_affine(shape, spacing)
-    r_anat, r_sig, r_fields, r_grid, r_noise = (np.random.default_rng(s) for s in
-                                                 np.random.SeedSequence(seed).spawn(5))
+    # independent streams: the anatomy does not depend on the grid, nor T2/CT on where T1 lies
+    r_anat, r_sig, r_fields, r_grid, r_t1, r_t2, r_ct = (np.random.default_rng(s) for s in
+                                                         np.random.SeedSequence(seed).spawn(7))
     anat = _Anatomy(r_anat)
     sig = _Signals(r_sig)
     extent = np.asarray(shape) * np.asarray(spacing)
@@ -802,9 +803,9 @@ def generate_patient(seed: int, grid: str = "coarse", n_slices: int | None = Non
     r = _render(anat, sig, fields, shape, affine, preset.sub, ("hu", "s2") if own else ("hu", "s1", "s2"))
     s1 = _render(anat, sig, fields, t1_shape, t1_affine, preset.sub, ("s1",))["s1"] if own else r["s1"]
     muscle = _L["muscle"]
-    t1, t1_noise = _mr(s1, r_noise, float(sig.s1[muscle]))
-    t2, t2_noise = _mr(r["s2"], r_noise, float(sig.s2[muscle]))
-    ct, ct_noise = _ct(r["hu"], r_noise)
+    t1, t1_noise = _mr(s1, r_t1, float(sig.s1[muscle]))
+    t2, t2_noise = _mr(r["s2"], r_t2, float(sig.s2[muscle]))
+    ct, ct_noise = _ct(r["hu"], r_ct)
     mask = ndimage.binary_dilation(r["body"], np.ones((3, 3, 1), bool), iterations=2).astype(np.uint8)
     params = dict(seed=seed, grid=grid, t1_grid=t1_grid, **anat.params, **sig.params,
                   t1_noise=t1_noise, t2_noise=t2_noise, **ct_noise)

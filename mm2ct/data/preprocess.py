@@ -83,7 +83,7 @@ def body_mask_from_mr(vol: np.ndarray, dilate: int = 2) -> np.ndarray:
     from skimage.filters import threshold_otsu
 
     v = np.asarray(vol, np.float32)
-    return _largest_component_filled(v > threshold_otsu(v), dilate)
+    return _largest_component_filled(v > threshold_otsu(v.ravel()), dilate)
 
 
 # ---------------------------------------------------------------------------------------------- intensities
