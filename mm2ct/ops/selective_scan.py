@@ -16,6 +16,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from mm2ct.ops.torch_scan import selective_scan_torch
+
 BACKENDS = ("cuda", "cpu", "torch", "ref")
 ENV_VAR = "MM2CT_SCAN_BACKEND"
 _default_backend = "auto"
@@ -101,39 +103,6 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     return (out, h) if return_last_state else out
 
 
-# ----------------------------------------------------------------------------------------------- torch backend
-def _scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
-    """Pure-PyTorch scan: the recurrence chunk by chunk, so only (batch, dim, chunk, N) is ever materialised."""
-    batch, dim, L, N = _check(u, delta, A, B, C, D, z, delta_bias)
-    ct = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
-    dtype_in = u.dtype
-    u, delta, A, B, C = (t.to(ct) for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(ct)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    Bs, Cs = _per_step(B, dim, L), _per_step(C, dim, L)  # (batch|1, dim|1, L, N)
-    h = u.new_zeros(batch, dim, N)
-    T = 128
-    ys = []
-    for t0 in range(0, L, T):
-        sl = slice(t0, min(t0 + T, L))
-        dA = torch.exp(delta[:, :, sl, None] * A[:, None, :])  # (batch, dim, T, N)
-        dBu = (delta[:, :, sl] * u[:, :, sl])[..., None] * Bs[:, :, sl]  # (batch, dim, T, N)
-        hs = []
-        for dA_t, dBu_t in zip(dA.unbind(2), dBu.unbind(2)):
-            h = dA_t * h + dBu_t
-            hs.append(h)
-        ys.append((torch.stack(hs, 2) * Cs[:, :, sl]).sum(-1))  # (batch, dim, T)
-    out = torch.cat(ys, -1) if ys else u.new_zeros(batch, dim, 0)
-    if D is not None:
-        out = out + u * D.to(ct)[:, None]
-    if z is not None:
-        out = out * F.silu(z.to(ct))
-    out = out.to(dtype_in)
-    return (out, h) if return_last_state else out
-
-
 # ----------------------------------------------------------------------------------------------- dispatch
 def _cuda_fn():
     """mamba-ssm's selective_scan_fn, or raise RuntimeError saying why it cannot be used."""
@@ -211,7 +180,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if name == "ref":
         return selective_scan_ref(*args)
     if name == "torch":
-        return _scan_torch(*args)
+        return selective_scan_torch(*args)
     if name == "cuda":
         if u.device.type != "cuda":
             raise RuntimeError(f"selective_scan backend 'cuda' needs CUDA tensors, got device {u.device}")
