@@ -58,7 +58,8 @@ def _rng(device: torch.device, seed: int | None, generator: torch.Generator | No
 class Translator(nn.Module):
     """MR -> CT translator with the non-diffusive half shared by every family (CycleGAN alone, §8.6).
 
-    Attributes: ``name``, ``sources`` (("t1",), ("t2",) or ("t1", "t2")), ``image_size``.
+    Attributes: ``name``, ``family`` ("cyclegan", "syndiff" or "mm2ct"), ``sources`` (("t1",), ("t2",) or
+    ("t1", "t2")), ``image_size``; ``generator_names`` / ``discriminator_names`` list the networks.
     """
 
     family = "cyclegan"
