@@ -1,0 +1,357 @@
+"""Selective scan (docs/method.md §6.2): every backend against the float64 sequential reference.
+
+The fused C++ kernel is built once per session (the ``cpu_kernel`` fixture); tests of it skip with the build error
+where no compiler is available. CUDA tests are marked ``cuda`` and skip without a GPU and mamba-ssm.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mm2ct.ops import available_backends, selective_scan, selective_scan_ref, set_default_backend
+from mm2ct.ops import cpu_kernel, torch_scan
+from mm2ct.ops.selective_scan import ENV_VAR, resolve_backend
+
+OPTIONAL = ("D", "z", "delta_bias")
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(autouse=True)
+def _clean_backend_choice(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    set_default_backend("auto")
+    yield
+    set_default_backend("auto")
+
+
+@pytest.fixture(scope="session")
+def cpu_kernel_ops():
+    """The built C++ kernel (one build per session; cached across sessions)."""
+    try:
+        return cpu_kernel.load_module()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture
+def short_torch_chunks(monkeypatch):
+    """Make the torch backend use 8-step chunks so short sequences cross many chunk boundaries."""
+    monkeypatch.setattr(torch_scan, "CHUNK_ELEMENTS", 1)
+
+
+def mamba_inputs(batch=2, dim=4, L=33, N=16, dtype=torch.float64, bc="variable", groups=2, softplus=True, seed=0,
+                 device="cpu"):
+    """Random inputs shaped and scaled like a Mamba layer's at init (docs/method.md §6.2)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    A_log = torch.log(torch.arange(1, N + 1, dtype=torch.float64)).repeat(dim, 1)  # (dim, N)
+    dt_init = torch.exp(torch.rand(dim, generator=g, dtype=torch.float64) * (math.log(0.1) - math.log(1e-3))
+                        + math.log(1e-3))
+    x = dict(
+        u=randn(batch, dim, L),
+        delta=randn(batch, dim, L) if softplus else F.softplus(randn(batch, dim, L)),
+        A=-torch.exp(A_log),
+        D=1 + 0.1 * randn(dim),
+        z=randn(batch, dim, L),
+        # Δ = softplus(delta + softplus^-1(dt)) with dt log-uniform in [1e-3, 1e-1]; without softplus Δ = delta + dt > 0
+        delta_bias=dt_init + torch.log(-torch.expm1(-dt_init)) if softplus else dt_init,
+    )
+    shapes = {"variable": (batch, N, L), "grouped": (batch, groups, N, L), "invariant": (dim, N)}
+    bB, bC = (bc, bc) if isinstance(bc, str) else bc
+    x["B"], x["C"] = randn(*shapes[bB]), randn(*shapes[bC])
+    return {k: v.to(dtype=dtype, device=device) for k, v in x.items()}
+
+
+def run(fn, x, drop=(), grad=False, **kw):
+    """fn(**x) without the optional inputs in ``drop``; with grad: also the gradients of every input."""
+    args = {k: (v.detach().clone().requires_grad_(grad) if k not in drop else None) for k, v in x.items()}
+    out, last = fn(**args, return_last_state=True, **kw)
+    if not grad:
+        return out, last, None
+    g = torch.Generator().manual_seed(1)
+    w_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
+    w_last = torch.randn(last.shape, generator=g, dtype=torch.float64).to(last)
+    ((out * w_out).sum() + (last * w_last).sum()).backward()
+    return out, last, {k: v.grad for k, v in args.items() if v is not None}
+
+
+def assert_close(actual, expected, rel, name=""):
+    scale = expected.abs().max().item() or 1.0
+    torch.testing.assert_close(actual.double(), expected.double(), rtol=rel, atol=rel * scale, msg=lambda m: f"{name}: {m}")
+
+
+def backend_fn(backend):
+    return lambda **kw: selective_scan(**kw, backend=backend)
+
+
+@pytest.fixture(params=["torch", "cpu"])
+def backend(request):
+    """Each fast backend; "cpu" needs the built kernel."""
+    if request.param == "cpu":
+        request.getfixturevalue("cpu_kernel_ops")
+    return request.param
+
+
+# ------------------------------------------------------------------------------------------------ the reference
+def test_reference_is_the_recurrence():
+    """selective_scan_ref against the equations of §6.2 written out element by element."""
+    x = mamba_inputs(batch=1, dim=2, L=5, N=3)
+    out, last = selective_scan_ref(**x, delta_softplus=True, return_last_state=True)
+    for d in range(2):
+        h = [0.0] * 3
+        for t in range(5):
+            dt = F.softplus(x["delta"][0, d, t] + x["delta_bias"][d]).item()
+            for n in range(3):
+                h[n] = math.exp(dt * x["A"][d, n].item()) * h[n] + dt * x["B"][0, n, t].item() * x["u"][0, d, t].item()
+            y = sum(x["C"][0, n, t].item() * h[n] for n in range(3)) + x["D"][d].item() * x["u"][0, d, t].item()
+            zt = x["z"][0, d, t].item()
+            assert out[0, d, t].item() == pytest.approx(y * zt / (1 + math.exp(-zt)), rel=1e-12)
+        assert last[0, d].tolist() == pytest.approx(h, rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ parity
+@pytest.mark.parametrize("L", [1, 7, 63, 64, 65, 200])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_matches_reference(backend, L, dtype, short_torch_chunks):
+    x = mamba_inputs(batch=2, dim=12, L=L, N=16, seed=L)
+    ref_out, ref_last, _ = run(selective_scan_ref, x, delta_softplus=True)
+    out, last, _ = run(backend_fn(backend), {k: v.to(dtype) for k, v in x.items()}, delta_softplus=True)
+    assert out.dtype == dtype and out.shape == (2, 12, L) and last.shape == (2, 12, 16)
+    rel = 1e-4 if dtype == torch.float32 else 1e-10
+    assert_close(out, ref_out, rel, "out")
+    assert_close(last, ref_last, rel, "last state")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(drop=OPTIONAL, softplus=False),
+        dict(drop=("z",), softplus=True),
+        dict(drop=("D", "delta_bias"), softplus=True, bc="grouped"),
+        dict(drop=(), softplus=True, bc="invariant", N=5),
+        dict(drop=(), softplus=False, bc=("variable", "invariant"), dim=5),
+        dict(drop=(), softplus=True, bc=("grouped", "variable"), dim=6, N=3),
+    ],
+    ids=["bare", "no-z", "grouped", "invariant", "B-var-C-inv", "odd-dim"],
+)
+def test_variants_and_gradients_match_reference(backend, case, short_torch_chunks):
+    """All shape variants and optional inputs; gradients of every input against the reference's autograd (float64)."""
+    case = dict(case)
+    drop, softplus = case.pop("drop"), case.pop("softplus")
+    x = mamba_inputs(L=70, softplus=softplus, **case)
+    ref = run(selective_scan_ref, x, drop=drop, grad=True, delta_softplus=softplus)
+    got = run(backend_fn(backend), x, drop=drop, grad=True, delta_softplus=softplus)
+    assert_close(got[0], ref[0], 1e-10, "out")
+    assert_close(got[1], ref[1], 1e-10, "last state")
+    assert got[2].keys() == ref[2].keys()
+    for k in ref[2]:
+        assert_close(got[2][k], ref[2][k], 1e-9, f"d{k}")
+
+
+def test_float32_gradients_match_reference(backend):
+    """The float32 paths (the C++ kernel's specialised N = 16 path) against float64 gradients, across chunks."""
+    x = mamba_inputs(batch=2, dim=16, L=150, N=16)
+    ref = run(selective_scan_ref, x, grad=True, delta_softplus=True)
+    got = run(backend_fn(backend), {k: v.float() for k, v in x.items()}, grad=True, delta_softplus=True)
+    for k in ref[2]:
+        assert got[2][k].dtype == torch.float32
+        assert_close(got[2][k], ref[2][k], 2e-4, f"d{k}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_compute_in_float32(backend, dtype):
+    x = {k: v.to(dtype) for k, v in mamba_inputs(dim=8, L=20).items()}
+    out = selective_scan(**x, delta_softplus=True, backend=backend)
+    ref = selective_scan_ref(**{k: v.double() for k, v in x.items()}, delta_softplus=True)
+    assert out.dtype == dtype
+    assert_close(out.float(), ref, 1e-2, "out")
+
+
+def test_cpu_kernel_gradcheck(cpu_kernel_ops):
+    """torch.autograd.gradcheck of the C++ kernel's backward (float64, tiny shapes crossing a checkpoint)."""
+    x = mamba_inputs(batch=1, dim=3, L=66, N=2)
+    args = [x[k].requires_grad_() for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+
+    def f(*a):
+        return selective_scan(*a, delta_softplus=True, return_last_state=True, backend="cpu")
+
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+def test_torch_backend_gradcheck(short_torch_chunks):
+    x = mamba_inputs(batch=1, dim=2, L=19, N=2, bc="grouped", groups=2)
+    args = [x[k].requires_grad_() for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+
+    def f(*a):
+        return selective_scan(*a, delta_softplus=True, return_last_state=True, backend="torch")
+
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+def test_torch_backend_bounds_its_chunks():
+    """A chunk's (T, batch, dim, N) buffers stay near CHUNK_ELEMENTS however long the sequence."""
+    batch, dim, N = 4, 128, 16
+    assert torch_scan.chunk_length(batch, dim, N) * batch * dim * N <= torch_scan.CHUNK_ELEMENTS
+
+
+# ------------------------------------------------------------------------------------------------ API and errors
+def test_available_backends_reports_every_backend():
+    status = available_backends()
+    assert list(status) == ["cuda", "cpu", "torch", "ref"]
+    for ok, why in status.values():
+        assert isinstance(ok, bool) and isinstance(why, str) and why
+    assert status["torch"][0] and status["ref"][0]
+    if not torch.cuda.is_available():
+        assert not status["cuda"][0]
+
+
+def test_unknown_backend_is_a_value_error():
+    x = mamba_inputs(L=4)
+    with pytest.raises(ValueError, match="unknown selective-scan backend 'triton'.*cuda, cpu, torch, ref"):
+        selective_scan(**x, backend="triton")
+    with pytest.raises(ValueError, match="valid"):
+        set_default_backend("fast")
+
+
+def test_env_var_with_unknown_backend_is_named(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "gpu")
+    with pytest.raises(ValueError, match=ENV_VAR):
+        selective_scan(**mamba_inputs(L=4))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_unavailable_cuda_backend_says_why():
+    with pytest.raises(RuntimeError, match="mamba_ssm|CUDA"):
+        selective_scan(**mamba_inputs(L=4), backend="cuda")
+
+
+@pytest.mark.parametrize(
+    "key, shape, message",
+    [
+        ("u", (2, 4), "u must be"),
+        ("delta", (2, 4, 9), "delta must"),
+        ("A", (3, 16), "A must be"),
+        ("B", (2, 15, 8), "B must be"),
+        ("C", (2, 3, 16, 8), "C must be"),
+        ("D", (5,), "D must be"),
+        ("z", (2, 4, 7), "z must"),
+        ("delta_bias", (4, 1), "delta_bias must be"),
+    ],
+)
+def test_wrong_shapes_are_named(key, shape, message):
+    x = mamba_inputs(L=8)
+    x[key] = torch.zeros(shape, dtype=torch.float64)
+    with pytest.raises(ValueError, match=message):
+        selective_scan(**x, backend="torch")
+
+
+def test_backend_precedence(monkeypatch):
+    """Explicit argument > set_default_backend > $MM2CT_SCAN_BACKEND > auto."""
+    cpu = torch.device("cpu")
+    monkeypatch.setenv(ENV_VAR, "ref")
+    assert resolve_backend("auto", cpu) == "ref"
+    set_default_backend("torch")
+    assert resolve_backend("auto", cpu) == "torch"
+    assert resolve_backend("ref", cpu) == "ref"
+    set_default_backend("auto")
+    monkeypatch.delenv(ENV_VAR)
+    assert resolve_backend("auto", cpu) == ("cpu" if cpu_kernel.usable() else "torch")
+    assert resolve_backend("auto", torch.device("meta")) == "torch"
+
+
+def test_env_var_selects_the_backend_that_runs(monkeypatch):
+    calls = []
+    module = importlib.import_module("mm2ct.ops.selective_scan")  # the package exports a function of that name
+    monkeypatch.setattr(module, "selective_scan_ref", lambda *a: calls.append("ref") or a[0])
+    monkeypatch.setenv(ENV_VAR, "ref")
+    x = mamba_inputs(L=4)
+    assert selective_scan(**x) is x["u"] and calls == ["ref"]
+
+
+def test_auto_uses_the_cpu_kernel(cpu_kernel_ops):
+    assert resolve_backend("auto", torch.device("cpu")) == "cpu"
+    ok, why = available_backends()["cpu"]
+    assert ok and "cached at" in why
+
+
+def test_missing_compiler_warns_once_and_falls_back(monkeypatch):
+    def no_compiler():
+        raise RuntimeError("no compiler: simulated (c++ not found)")
+
+    monkeypatch.setattr(cpu_kernel, "_build", no_compiler)
+    monkeypatch.setattr(cpu_kernel, "_library", None)
+    monkeypatch.setattr(cpu_kernel, "_error", None)
+    monkeypatch.setattr(cpu_kernel, "_warned", False)
+    x = {k: v.float() for k, v in mamba_inputs(L=30).items()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out1 = selective_scan(**x, delta_softplus=True)
+        out2 = selective_scan(**x, delta_softplus=True)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "simulated" in messages[0] and "falls back" in messages[0]
+    expected = selective_scan(**x, delta_softplus=True, backend="torch")
+    assert torch.equal(out1, expected) and torch.equal(out2, expected)
+    ok, why = available_backends()["cpu"]
+    assert not ok and "simulated" in why
+    with pytest.raises(RuntimeError, match="simulated"):
+        selective_scan(**x, backend="cpu")
+
+
+def test_extension_name_carries_a_cpu_fingerprint():
+    """-march=native code is cached under a name that changes with the CPU, so a shared cache is safe."""
+    assert cpu_kernel.cpu_fingerprint() in cpu_kernel.extension_name()
+    assert "-march=native" in cpu_kernel.CFLAGS
+
+
+# ------------------------------------------------------------------------------------------------ CUDA
+def _mamba_ssm_usable() -> bool:
+    try:
+        import mamba_ssm.ops.selective_scan_interface  # noqa: F401
+    except Exception:  # noqa: BLE001 - its import raises anything without the CUDA extension
+        return False
+    return torch.cuda.is_available()
+
+
+cuda = pytest.mark.cuda
+
+
+@cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_torch_backend_on_cuda_matches_reference():
+    x = mamba_inputs(batch=2, dim=16, L=300, N=16)
+    ref = run(selective_scan_ref, x, grad=True, delta_softplus=True)
+    got = run(backend_fn("torch"), {k: v.float().cuda() for k, v in x.items()}, grad=True, delta_softplus=True)
+    assert_close(got[0].cpu(), ref[0], 1e-4, "out")
+    assert_close(got[1].cpu(), ref[1], 1e-4, "last state")
+    for k in ref[2]:
+        assert_close(got[2][k].cpu(), ref[2][k], 1e-3, f"d{k}")
+
+
+@cuda
+@pytest.mark.skipif(not _mamba_ssm_usable(), reason="needs mamba-ssm with its CUDA extension")
+def test_cuda_backend_matches_reference():
+    """mamba-ssm's kernel (auto's choice for CUDA tensors): outputs, last state, and the gradients of every input
+    (its backward ignores the last state's gradient, so the loss uses ``out`` only)."""
+    x = mamba_inputs(batch=2, dim=16, L=300, N=16)
+    assert resolve_backend("auto", torch.device("cuda")) == "cuda"
+    ref_out, ref_last, _ = run(selective_scan_ref, x, delta_softplus=True)
+    out, last, _ = run(backend_fn("cuda"), {k: v.float().cuda() for k, v in x.items()}, delta_softplus=True)
+    assert_close(out.cpu(), ref_out, 1e-4, "out")
+    assert_close(last.cpu(), ref_last, 1e-4, "last state")
+    args = {k: v.detach().requires_grad_() for k, v in x.items()}
+    out = selective_scan_ref(**args, delta_softplus=True)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    argc = {k: v.detach().float().cuda().requires_grad_() for k, v in x.items()}
+    outc = selective_scan(**argc, delta_softplus=True, backend="cuda")
+    (outc * w.float().cuda()).sum().backward()
+    for k in args:
+        assert_close(argc[k].grad.cpu(), args[k].grad, 1e-3, f"d{k}")
