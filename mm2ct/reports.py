@@ -163,6 +163,22 @@ def _missing(ws: Workspace, wanted: list[tuple[str, int]], filename: str) -> Non
                               + "\n".join(lines))
 
 
+def missing_runs(ws: Workspace, models: list[str], seeds: list[int] | None = None,
+                 filename: str = "summary.json") -> list[tuple[str, int]]:
+    """(model, seed) pairs whose evaluation output ``filename`` is absent or older than the run's ``best.pt``:
+    what a notebook must train and/or evaluate before building a report (this module never does)."""
+    seeds = [int(s) for s in (ws.cfg.train.seeds if seeds is None else seeds)]
+    out = []
+    for m in models:
+        for s in seeds:
+            ev = _eval_dir(ws, m, s)
+            best = ev.parent / "best.pt"
+            f = ev / filename
+            if not f.is_file() or (best.is_file() and best.stat().st_mtime > f.stat().st_mtime):
+                out.append((m, s))
+    return out
+
+
 def load_summaries(ws: Workspace, models: list[str], seeds: list[int] | tuple[int, ...]) -> dict:
     """``{(model, seed): summary dict}`` from ``<run>/eval/summary.json``; MissingRunError lists what is absent."""
     wanted = [(m, int(s)) for m in models for s in seeds]
@@ -431,10 +447,10 @@ def bar_plot(table: Table, keys: tuple[str, ...] = ("psnr", "ssim")):
         finite = finite[np.isfinite(finite)]
         if finite.size:
             lo, hi = finite.min(), finite.max()
-            ax.set_ylim(max(0.0, lo - 0.15 * (hi - lo + 1)), hi + 0.15 * (hi - lo + 1))
+            ax.set_ylim(max(0.0, lo - 0.15 * (hi - lo + 1)), hi + 0.3 * (hi - lo + 1))
         ax.set_xticks(x, labels, fontsize=7)
         ax.set_ylabel(label)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(f"{table.name} (profile {table.provenance['profile']})", fontsize=9)
     return fig
 
@@ -474,11 +490,6 @@ def choose_slices(preds: dict[str, dict[str, np.ndarray]], n: int) -> list[tuple
     return [big[i] for i in picks]
 
 
-def _display(img: np.ndarray) -> np.ndarray:
-    """(X, Y) canonical-RAS slice -> image rows (anterior at the top), columns along X."""
-    return np.rot90(img)
-
-
 def figure4(ws: Workspace, models: list[str] | None = None, seed: int | None = None, n_slices: int | None = None,
             write: bool = True) -> Figure4:
     """Fig. 4: per test slice, T1 | T2 | each model's synthetic CT | ground-truth CT (window ``HU_WINDOW``) and
@@ -491,7 +502,7 @@ def figure4(ws: Workspace, models: list[str] | None = None, seed: int | None = N
     seed = int(ws.cfg.train.seeds[0] if seed is None else seed)
     preds = load_predictions(ws, models, seed)
     picked = choose_slices(preds, ws.cfg.eval.figure_slices if n_slices is None else n_slices)
-    labels = {s.model: f"{s.method} ({s.input})" for s in (*TABLE1, *TABLE2)}
+    labels = {s.model: f"{s.method} ({s.input})" for s in (*TABLE2, *TABLE1)}   # Table 1 names win
     index = {m: {(str(p), int(s)): i for i, (p, s) in enumerate(zip(d["patient"], d["slice"]))}
              for m, d in preds.items()}
     first = models[0]
@@ -508,18 +519,18 @@ def figure4(ws: Workspace, models: list[str] | None = None, seed: int | None = N
         for c, mod in enumerate(("t1", "t2")):
             img = d0[mod][i0]
             lo, hi = np.percentile(img, [0.5, 99.5])
-            top[c].imshow(_display(img), cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-6))
+            top[c].imshow(img, cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-6))
             top[c].set_title(mod.upper(), fontsize=7)
         for c, m in enumerate(models, start=2):
             i = index[m][key]
             hu = unit_to_hu(preds[m]["pred"][i], ws.cfg.data)
             err = np.abs(hu - ct_hu)
             mae = float(err[mask].mean()) if mask.any() else math.nan
-            im_hu = top[c].imshow(_display(hu), cmap="gray", vmin=HU_WINDOW[0], vmax=HU_WINDOW[1])
+            im_hu = top[c].imshow(hu, cmap="gray", vmin=HU_WINDOW[0], vmax=HU_WINDOW[1])
             top[c].set_title(labels.get(m, m), fontsize=7)
-            im_err = bottom[c].imshow(_display(err), cmap="magma", vmin=ERROR_WINDOW[0], vmax=ERROR_WINDOW[1])
+            im_err = bottom[c].imshow(err, cmap="magma", vmin=ERROR_WINDOW[0], vmax=ERROR_WINDOW[1])
             bottom[c].set_title(f"|error|, MAE {_fmt(mae, 0)} HU", fontsize=6)
-        top[-1].imshow(_display(ct_hu), cmap="gray", vmin=HU_WINDOW[0], vmax=HU_WINDOW[1])
+        top[-1].imshow(ct_hu, cmap="gray", vmin=HU_WINDOW[0], vmax=HU_WINDOW[1])
         top[-1].set_title("CT (ground truth)", fontsize=7)
         top[0].text(-0.08, 0.5, f"{key[0]} / slice {key[1]}", transform=top[0].transAxes, rotation=90,
                     ha="right", va="center", fontsize=7)
@@ -530,8 +541,8 @@ def figure4(ws: Workspace, models: list[str] | None = None, seed: int | None = N
             ax.set_yticks([])
         for ax in (bottom[0], bottom[1], bottom[-1]):
             ax.set_axis_off()
-    fig.colorbar(im_hu, ax=axes[0::2, :].ravel().tolist(), shrink=0.8, label="HU")
-    fig.colorbar(im_err, ax=axes[1::2, :].ravel().tolist(), shrink=0.8, label="|error| (HU)")
+        fig.colorbar(im_hu, ax=top.tolist(), shrink=0.9, label="HU")
+        fig.colorbar(im_err, ax=bottom.tolist(), shrink=0.9, label="|error| (HU)")
 
     summaries = {}
     for m in models:  # summaries are optional provenance for the figure (predictions are what it shows)
@@ -547,7 +558,8 @@ def figure4(ws: Workspace, models: list[str] | None = None, seed: int | None = N
                f"[{HU_WINDOW[0]:.0f}, {HU_WINDOW[1]:.0f}] HU (W {HU_WINDOW[1] - HU_WINDOW[0]:.0f} / L "
                f"{(HU_WINDOW[0] + HU_WINDOW[1]) / 2:.0f}); rows below: |sCT − CT| in [{ERROR_WINDOW[0]:.0f}, "
                f"{ERROR_WINDOW[1]:.0f}] HU with the MAE inside the body mask. MR shown in the network's normalised "
-               "range, 0.5-99.5 percentile window per panel; anterior at the top.")
+               "range, 0.5-99.5 percentile window per panel. Radiological view (slices as the slice cache stores "
+               "them: anterior at the top, patient's right on the left).")
     result = Figure4(fig, axes, picked, models, caption)
     if write:
         out = Path(ws.reports_dir)
