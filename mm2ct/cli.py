@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "env": ("mm2ct.env_info", "print versions, devices and the available selective-scan backends"),
     "phantom": ("mm2ct.data.phantom", "generate procedural pelvis phantom patients (T1w, T2w, CT in HU, mask)"),
     "prepare": ("mm2ct.data.slices", "build the slice cache (splits, normalised 2-D slices) of a dataset"),
+    "translate": ("mm2ct.infer", "T1/T2 NIfTI -> synthetic CT NIfTI (HU, input grid) with a trained checkpoint"),
     "reproduce": ("mm2ct.reproduce", "run the notebooks in order with papermill for a profile"),
 }
 
