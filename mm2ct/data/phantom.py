@@ -174,13 +174,14 @@ class _Chain(_Union):
 
 
 class _Body(_Shape):
-    """Elliptic cylinder with a radial Fourier perturbation and a flat posterior side (data.md §4.2)."""
+    """Elliptic cylinder with a radial Fourier perturbation and a flat posterior side (data.md §4.2).
 
-    def __init__(self, yc, a, b, y_back, coeffs, phases, a_wave, z_range):
+    Evaluated on every point (no bounding box) at output resolution, then extended to sub-voxels linearly.
+    """
+
+    def __init__(self, yc, a, b, y_back, coeffs, phases, a_wave):
         self.yc, self.a, self.b, self.y_back = yc, a, b, y_back
-        self.coeffs, self.phases, self.a_wave = coeffs, phases, a_wave
-        self.lo = np.array([-1.2 * a, y_back - 1, z_range[0]], np.float32)
-        self.hi = np.array([1.2 * a, yc + 1.2 * b, z_range[1]], np.float32)
+        self.coeffs, self.phases, self.a_wave = [float(c) for c in coeffs], [float(p) for p in phases], a_wave
 
     def depth(self, u):
         a = self.a * (1.0 + self.a_wave[0] * np.sin(u[2] / self.a_wave[1] + self.a_wave[2]))
@@ -329,8 +330,7 @@ class _Anatomy:
         yc, b = 0.5 * (y_front + y_back), 0.5 * (y_front - y_back) / 0.96
         amp = U(0.03, 0.05)
         coeffs = amp * rng.dirichlet(np.ones(4))
-        self.body = _Body(yc, a, b, y_back, coeffs, U(0, 2 * math.pi, 4), (U(0.02, 0.04), U(60, 120), U(0, 6.3)),
-                          (-400.0, 400.0))
+        self.body = _Body(yc, a, b, y_back, coeffs, U(0, 2 * math.pi, 4), (U(0.02, 0.04), U(60, 120), U(0, 6.3)))
         self.t_fat = t_fat
         P.update(body_lr_mm=2 * a, body_ap_mm=y_front - y_back)
         self.layers: list[_Layer] = []
@@ -680,6 +680,10 @@ def _render(anat: _Anatomy, sig: _Signals, fields: _Fields, shape, affine, sub, 
     marrow = _L["marrow"]
     to_anat = anat.affine
     vox_to_anat = to_anat @ affine
+
+    def rep(a):                                                 # output grid -> fine grid (nearest)
+        return np.repeat(np.repeat(np.repeat(a, sxy, -3), sxy, -2), sz, -1)
+
     ii, jj = np.arange(nx, dtype=np.float32), np.arange(ny, dtype=np.float32)
     ih, jh = np.arange(0.5, nx, 2, dtype=np.float32), np.arange(0.5, ny, 2, dtype=np.float32)  # 2x2 block centres
     for k0 in range(0, nz, slab):
@@ -691,7 +695,6 @@ def _render(anat: _Anatomy, sig: _Signals, fields: _Fields, shape, affine, sub, 
         q2 = _voxel_centres(affine, ih, jh, kf)                                     # (3, nx/2, ny/2, ns)
         half = lambda name: np.stack([_upsample_linear(f, (2, 2, 1)) for f in fields.sample(name, q2)])  # noqa
         d = np.tensordot(to_anat[:3, :3].astype(np.float32), half("disp"), axes=1)
-        rep = lambda a: np.repeat(np.repeat(np.repeat(a, sxy, -3), sxy, -2), sz, -1)  # noqa: E731
         bd = _upsample_linear(anat.body.depth(_voxel_centres(vox_to_anat, ii, jj, kf) + d), s)
         u = _voxel_centres(vox_to_anat, fi, fj, fk) + rep(d)                         # (3, nx*s, ny*s, ns*sz)
         lab = anat.paint(u, bd)

@@ -111,8 +111,8 @@ class IntensityNormaliser:
       * ``robust``: like syndiff but the per-volume scale is the ``percentile`` of the body-mask voxels
         (global_max stays 1, so the percentile maps to +1);
       * ``window``: CT only, ``hu_to_unit`` (no per-volume scale).
-    Fit ``global_max`` on training volumes with ``fit``; ``scale(vol, mask)`` gives a volume's scale, also for a new
-    patient at inference.  ``inverse(apply(v, s), s) == v`` for v in [lower, upper].
+    Fit ``global_max`` on training volumes with ``fit([volume_max(v, scale(v)) ...])``; ``scale(vol, mask)`` gives a
+    volume's scale, also for a new patient at inference.  ``inverse(apply(v, s), s) == v`` for v in [lower, upper].
     """
     method: str = "syndiff"
     lower: float = 0.0
@@ -155,11 +155,16 @@ class IntensityNormaliser:
             return ((x + 1.0) * ((self.upper - self.lower) / 2.0) + self.lower).astype(np.float32)
         return ((x + 1.0) * np.float32(0.5 * scale * self.global_max) + self.lower).astype(np.float32)
 
-    def fit(self, volumes: list[np.ndarray], scales: list[float]) -> "IntensityNormaliser":
-        """Set ``global_max`` (syndiff) to the maximum of clip(v) / scale over the training volumes."""
+    def volume_max(self, vol: np.ndarray, scale: float) -> float:
+        """max(clip(v) - lower) / scale: what SynDiff's global maximum is taken over."""
+        return float((np.clip(np.asarray(vol), self.lower, self.upper) - self.lower).max()) / scale
+
+    def fit(self, volume_maxima: list[float]) -> "IntensityNormaliser":
+        """syndiff: ``global_max`` = the largest ``volume_max`` of the training volumes (others: unchanged)."""
         if self.method == "syndiff":
-            self.global_max = max(float((np.clip(v, self.lower, self.upper) - self.lower).max()) / s
-                                  for v, s in zip(volumes, scales))
+            if not volume_maxima:
+                raise ValueError("no training volume to fit the global maximum on")
+            self.global_max = max(volume_maxima)
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -30,7 +31,7 @@ from torch.utils.data import Dataset
 
 from mm2ct.data import sources
 from mm2ct.data.io import DataError
-from mm2ct.data.preprocess import IntensityNormaliser, SliceGeometry, hu_to_unit
+from mm2ct.data.preprocess import IntensityNormaliser, SliceGeometry
 
 CACHE_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -120,8 +121,6 @@ def select_slices(mask: np.ndarray, n: int | None) -> list[int]:
 # ------------------------------------------------------------------------------------------------------- cache
 
 def _data_dict(cfg_data) -> dict[str, Any]:
-    from dataclasses import asdict
-
     return json.loads(json.dumps(asdict(cfg_data)))
 
 
@@ -145,7 +144,8 @@ def load_normalisers(cache_dir: str | os.PathLike) -> dict[str, IntensityNormali
     return {k: IntensityNormaliser.from_dict(v) for k, v in load_meta(cache_dir)["normalisers"].items()}
 
 
-def patient_slices(patient: sources.Patient, image_size: int, z: list[int]) -> tuple[dict[str, np.ndarray], SliceGeometry]:
+def patient_slices(patient: sources.Patient, image_size: int,
+                   z: list[int]) -> tuple[dict[str, np.ndarray], SliceGeometry]:
     """Raw (unnormalised) slices of a patient: {key: (len(z), S, S)} (MR, CT in HU, mask) and the geometry."""
     geom = SliceGeometry(patient.shape, image_size)
     out = {}
@@ -214,9 +214,7 @@ def _build_from_volumes(root: Path, tmp: Path, cfg_data, layout: str, progress: 
         scales["ct"] = ct_norm.scale(p.volumes["ct"], p.volumes["mask"])
         if split[pid] == "train":
             for k in (*mr_keys, "ct"):
-                norm = mr_norm.get(k, ct_norm)
-                v = np.clip(p.volumes[k], norm.lower, norm.upper) - norm.lower
-                train_max[k].append(float(v.max()) / scales[k])
+                train_max[k].append(mr_norm.get(k, ct_norm).volume_max(p.volumes[k], scales[k]))
         raw, geom = patient_slices(p, cfg_data.image_size, z)
         np.savez(tmp / "raw" / f"{pid}.npz", **raw)
         patients[pid] = dict(split=split[pid], slices=z, shape=list(p.shape), affine=p.affine.tolist(),
@@ -225,11 +223,10 @@ def _build_from_volumes(root: Path, tmp: Path, cfg_data, layout: str, progress: 
                              paths={k: str(v) for k, v in p.paths.items()}, notes=p.notes)
         if log:
             log(f"{pid}: {len(z)} slices, {'; '.join(p.notes) or 'no notes'}")
+    if not any(split[p] == "train" for p in ids):
+        raise DataError(root, "no training patient to fit the normalisation on")
     for k, norm in (*mr_norm.items(), ("ct", ct_norm)):
-        if norm.method == "syndiff":
-            if not train_max[k]:
-                raise DataError(root, "no training patient to fit the normalisation on")
-            norm.global_max = max(train_max[k])
+        norm.fit(train_max[k])
     normalisers = {**mr_norm, "ct": ct_norm}
     for name in SPLITS:
         members = [p for p in ids if split[p] == name]
@@ -280,7 +277,8 @@ def _build_from_mat(root: Path, tmp: Path, cfg_data) -> dict[str, Any]:
         folder = tmp / name
         folder.mkdir()
         if name not in files:
-            arrays = {k: np.zeros((0, cfg_data.image_size, cfg_data.image_size), np.float32) for k in ("t1", "t2", "ct")}
+            empty = np.zeros((0, cfg_data.image_size, cfg_data.image_size), np.float32)
+            arrays = {k: empty for k in ("t1", "t2", "ct")}
         else:
             arrays = {k: sources.read_syndiff_mat(p) for k, p in files[name].items()}
         sizes = {a.shape for a in arrays.values()}

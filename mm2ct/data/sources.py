@@ -94,10 +94,10 @@ def assemble(patient_id: str, vols: Mapping[str, Volume], resample_ct: bool = Fa
                                     cval=-1024.0 if key == "ct" else 0.0)
             notes.append(f"{key} resampled onto the {ref_key} grid ({100 * frac:.0f}% overlap)")
         else:
-            raise DataError(vol.path, f"{key} grid does not match {ref_key} ({ref.path}): shape {vol.data.shape} vs "
-                                      f"{ref.data.shape}, affines differ by up to "
-                                      f"{np.abs(vol.affine - ref.affine).max() if vol.data.shape == ref.data.shape else 'n/a'}"
-                                      " mm; resample it onto the T2 grid first")
+            diff = (f"affines differ by up to {np.abs(vol.affine - ref.affine).max():.3g} mm"
+                    if vol.data.shape == ref.data.shape else f"shape {vol.data.shape} vs {ref.data.shape}")
+            raise DataError(vol.path, f"{key} grid does not match {ref_key} ({ref.path}): {diff}; resample it onto "
+                                      f"the {ref_key.upper()} grid first")
         out[key] = data
     if "ct" in out:
         check_hu(out["ct"], paths["ct"])
@@ -172,7 +172,8 @@ def detect_layout(root: str | os.PathLike, layout: str = "auto") -> str:
         return "phantom" if "phantom" in found else found[0]
     ok = layout in found or (layout == "nifti" and "phantom" in found)
     if not ok:
-        raise DataError(root, f"does not look like the {layout!r} layout (found: {', '.join(found) or 'nothing known'})")
+        raise DataError(root, f"does not look like the {layout!r} layout "
+                              f"(found: {', '.join(found) or 'nothing known'})")
     return layout
 
 
@@ -320,7 +321,8 @@ def syndiff_mat_files(root: str | os.PathLike) -> dict[str, dict[str, Path]]:
     for split, files in out.items():
         missing = {"t1", "t2", "ct"} - set(files)
         if missing:
-            raise DataError(root, f"split {split}: missing data_{split}_{'/'.join(sorted(m.upper() for m in missing))}.mat")
+            names = "/".join(sorted(m.upper() for m in missing))
+            raise DataError(root, f"split {split}: missing data_{split}_{names}.mat")
     return dict(out)
 
 
