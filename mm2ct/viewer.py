@@ -19,6 +19,7 @@ import numpy as np
 
 CT_WINDOW_HU = (-500.0, 1100.0)
 ERROR_WINDOW_HU = 300.0
+TITLES = {"t1": "T1", "t2": "T2", "mr": "MR", "ct": "CT", "sct": "sCT", "mask": "mask", "error": "sCT - CT"}
 
 
 def _as_stack(a) -> np.ndarray:
@@ -74,7 +75,7 @@ def montage(panels: Mapping[str, np.ndarray], slices: list[int] | None = None, u
             ax.set_xticks([])
             ax.set_yticks([])
             if titles and r == 0:
-                ax.set_title(key.upper() if len(key) <= 4 else key)
+                ax.set_title(TITLES.get(key, key))
             if c == 0:
                 ax.set_ylabel(f"slice {z}")
             if key.split("_")[0] == "error" and r == len(slices) - 1:
