@@ -60,6 +60,21 @@ def test_committed_goldatlas_split_is_the_seeded_split_of_the_first_15_subjects(
     assert not any(p.startswith("3_") for p in committed)
 
 
+def test_choose_split_uses_the_committed_goldatlas_split_only_when_it_fits(tmp_path):
+    from mm2ct.config import DataConfig
+
+    first15 = sorted(read_split_csv(slices.goldatlas_split_csv()))
+    committed = read_split_csv(slices.goldatlas_split_csv())
+    assert slices.choose_split(first15, DataConfig(), "goldatlas") == committed
+    assert slices.choose_split(first15, DataConfig(split_seed=5), "nifti") == make_split(first15, (9, 2, 4), 5)
+    assert slices.choose_split(first15, DataConfig(split=(11, 1, 3)), "goldatlas") == \
+        make_split(first15, (11, 1, 3), 0)
+    own = write_split_csv(tmp_path / "mine.csv", {"1_01_P": "train", "1_02_P": "val", "1_03_P": "test"})
+    assert slices.choose_split(first15, DataConfig(split_csv=str(own)), "goldatlas") == read_split_csv(own)
+    with pytest.raises(DataError, match="not in the data folder: 1_01_P"):
+        slices.choose_split(first15[1:], DataConfig(split_csv=str(own)), "goldatlas")
+
+
 def test_select_slices():
     mask = np.zeros((4, 4, 9), np.uint8)
     mask[1, 1, 2:8] = 1
@@ -163,6 +178,14 @@ def test_bad_source_leaves_the_old_cache(smoke, tmp_path):
     with pytest.raises(DataError, match="no known dataset layout"):
         build_cache(data, cache, ws.cfg.data, progress=False)
     assert load_meta(cache)["layout"] == "phantom"
+
+
+def test_more_patients_asked_than_found(smoke, tmp_path):
+    ws, _ = smoke
+    cfg = resolve("smoke", root=ws.root, data={"n_patients": 5, "split": [3, 1, 1]}).cfg
+    with pytest.raises(DataError, match="n_patients = 5 but only 3 patients found"):
+        build_cache(ws.data_root, tmp_path / "cache", cfg.data, progress=False)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_syndiff_mat_export_and_import(smoke, tmp_path):
