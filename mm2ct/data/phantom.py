@@ -586,8 +586,8 @@ class _Signals:
 class _Fields:
     """Random smooth fields in world space: elastic displacement (mm), tissue texture and trabecular texture.
 
-    Defined on regular control grids covering the T2 volume plus a margin and sampled (trilinearly) at output
-    voxel centres of any grid, so a T1 volume on its own grid sees the same deformed anatomy.
+    Defined on regular control grids covering the T2 volume plus a margin and sampled (trilinearly) at world
+    points of any grid, so a T1 volume on its own grid sees the same deformed anatomy and texture.
     """
 
     def __init__(self, rng: np.random.Generator, extent: np.ndarray, fine: float):
@@ -693,13 +693,16 @@ def _render(anat: _Anatomy, sig: _Signals, fields: _Fields, shape, affine, sub, 
         kf = kk.astype(np.float32)
         q = _voxel_centres(affine, ii, jj, kf)                                      # (3, nx, ny, ns) world
         q2 = _voxel_centres(affine, ih, jh, kf)                                     # (3, nx/2, ny/2, ns)
-        half = lambda name: np.stack([_upsample_linear(f, (2, 2, 1)) for f in fields.sample(name, q2)])  # noqa
-        d = np.tensordot(to_anat[:3, :3].astype(np.float32), half("disp"), axes=1)
+
+        def smooth(name):           # a smooth field sampled at 2x2 block centres, extended linearly: (C, nx, ny, ns)
+            return np.stack([_upsample_linear(f, (2, 2, 1)) for f in fields.sample(name, q2)])
+
+        d = np.tensordot(to_anat[:3, :3].astype(np.float32), smooth("disp"), axes=1)
         bd = _upsample_linear(anat.body.depth(_voxel_centres(vox_to_anat, ii, jj, kf) + d), s)
         u = _voxel_centres(vox_to_anat, fi, fj, fk) + rep(d)                         # (3, nx*s, ny*s, ns*sz)
         lab = anat.paint(u, bd)
         del u
-        tex = rep(half("texture"))
+        tex = rep(smooth("texture"))
         spic = rep(fields.sample("trabecular", q)[0]) > 0.8                           # trabecular spicules
         spic &= lab == marrow
         for key in want:
