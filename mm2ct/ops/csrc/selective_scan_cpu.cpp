@@ -41,24 +41,24 @@ struct Simd;
 template <>
 struct Simd<float> {
   typedef float V __attribute__((vector_size(32)));
+  typedef float U __attribute__((vector_size(32), aligned(4), may_alias));  // unaligned access
   static constexpr int W = 8;
 };
 template <>
 struct Simd<double> {
   typedef double V __attribute__((vector_size(32)));
+  typedef double U __attribute__((vector_size(32), aligned(8), may_alias));
   static constexpr int W = 4;
 };
 
-template <typename V>
-inline V vload(const void* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
+template <typename V, typename T>
+inline V vload(const T* p) {
+  return *reinterpret_cast<const typename Simd<T>::U*>(p);
 }
 
-template <typename V>
-inline void vstore(void* p, const V& v) {
-  std::memcpy(p, &v, sizeof(V));
+template <typename V, typename T>
+inline void vstore(T* p, const V& v) {
+  *reinterpret_cast<typename Simd<T>::U*>(p) = v;
 }
 
 template <typename V, typename T>
@@ -87,6 +87,35 @@ inline Simd<float>::V lane_sums(const Simd<float>::V* v) {
 inline Simd<double>::V lane_sums(const Simd<double>::V* v) {
   const auto t0 = hadd(v[0], v[1]), t1 = hadd(v[2], v[3]);
   return __builtin_shufflevector(t0, t1, 0, 1, 4, 5) + __builtin_shufflevector(t0, t1, 2, 3, 6, 7);
+}
+
+// In-place transpose of a W x W tile held as W vectors (rows -> columns).
+inline void transpose(Simd<float>::V* r) {
+  using V = Simd<float>::V;
+  V t[8], s[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[2 * i + 1] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 2; ++i) {
+    for (int k = 0; k < 2; ++k) {
+      s[4 * i + 2 * k] = __builtin_shufflevector(t[4 * i + k], t[4 * i + k + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      s[4 * i + 2 * k + 1] = __builtin_shufflevector(t[4 * i + k], t[4 * i + k + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = __builtin_shufflevector(s[i], s[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    r[i + 4] = __builtin_shufflevector(s[i], s[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+
+inline void transpose(Simd<double>::V* r) {
+  const auto t0 = __builtin_shufflevector(r[0], r[1], 0, 4, 2, 6), t1 = __builtin_shufflevector(r[0], r[1], 1, 5, 3, 7);
+  const auto t2 = __builtin_shufflevector(r[2], r[3], 0, 4, 2, 6), t3 = __builtin_shufflevector(r[2], r[3], 1, 5, 3, 7);
+  r[0] = __builtin_shufflevector(t0, t2, 0, 1, 4, 5);
+  r[1] = __builtin_shufflevector(t1, t3, 0, 1, 4, 5);
+  r[2] = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
+  r[3] = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
 }
 
 // ------------------------------------------------------------------------------------------------ block math
@@ -133,22 +162,23 @@ inline float log1p_unit(float e) {
 
 inline double log1p_unit(double e) { return std::log1p(e); }
 
-// sp = softplus(x) (= x above 20); if sig: sig = d sp / dx. tmp: n scratch values.
+// sp = softplus(x) (= x above 20); if sig: sig = d sp / dx. tmp: 2n scratch values.
 template <typename T>
 inline void softplus_block(const T* __restrict x, T* __restrict sp, T* __restrict sig, T* __restrict tmp,
                            int64_t n) {
+  T* __restrict e = tmp + n;
   for (int64_t i = 0; i < n; ++i) tmp[i] = -std::abs(x[i]);
-  exp_block(tmp, tmp, n);  // e = exp(-|x|)
+  exp_block(tmp, e, n);  // exp(-|x|)
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    const T e = tmp[i];
-    sp[i] = x[i] > T(20) ? x[i] : std::max(x[i], T(0)) + log1p_unit(e);
+    const T xi = x[i], pos = xi > T(0) ? xi : T(0);
+    sp[i] = xi > T(20) ? xi : pos + log1p_unit(e[i]);
   }
   if (sig) {
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
-      const T e = tmp[i];
-      sig[i] = x[i] > T(20) ? T(1) : (x[i] >= T(0) ? T(1) : e) / (T(1) + e);
+      const T xi = x[i];
+      sig[i] = xi > T(20) ? T(1) : (xi >= T(0) ? T(1) : e[i]) / (T(1) + e[i]);
     }
   }
 }
@@ -176,6 +206,8 @@ struct Problem {
 };
 
 // Per-thread scratch for one block and one chunk; buffers are time-major with the W lanes innermost.
+// NT > 0: the fast path, compiled for N = NT and input-dependent B and C (as a Mamba layer has); NT = 0: any N and
+// any B/C layout, decided at run time.
 template <typename T, int NT>
 struct Block {
   using V = typename Simd<T>::V;
@@ -188,11 +220,13 @@ struct Block {
 
   explicit Block(const Problem<T>& p)
       : p(p), X(kChunk * W), DT(kChunk * W), SIG(kChunk * W), U(kChunk * W), DTU(kChunk * W),
-        Z(kChunk * W), DY(kChunk * W), Y(kChunk * W), OUT2(kChunk * W), TMP(kChunk * p.N * W),
+        Z(kChunk * W), DY(kChunk * W), Y(kChunk * W), OUT2(kChunk * W), TMP(kChunk * std::max<int64_t>(p.N, 2) * W),
         DA(kChunk * p.N * W), H(kChunk * p.N * W), Al(p.N), Bl(p.N), Cl(p.N) {}
 
-  // the state size: a compile-time constant when NT > 0, so loops over n have a known bound
+  // the state size and whether B / C are input-dependent: compile-time constants when NT > 0
   static constexpr int64_t state_size(const Problem<T>& p) { return NT > 0 ? NT : p.N; }
+  static constexpr bool B_var(const Problem<T>& p) { return NT > 0 || p.B_var; }
+  static constexpr bool C_var(const Problem<T>& p) { return NT > 0 || p.C_var; }
 
   void start(int64_t blk) {
     const int64_t N = state_size(p);
@@ -212,20 +246,34 @@ struct Block {
 
   int64_t row(int j, int64_t t0) const { return (b * p.dim + ch[j]) * p.L + t0; }
 
-  // (kChunk, W) buffer <- rows of a (batch, dim, L) tensor
+  // (kChunk, W) buffer <- rows of a (batch, dim, L) tensor, W x W tiles at a time
   void gather(const T* src, int64_t t0, int64_t Tn, T* dst) const {
-    for (int j = 0; j < W; ++j) {
-      const T* s = src + row(j, t0);
-      for (int64_t t = 0; t < Tn; ++t) dst[t * W + j] = s[t];
+    int64_t t = 0;
+    for (; t + W <= Tn; t += W) {
+      V r[W];
+      for (int j = 0; j < W; ++j) r[j] = vload<V>(src + row(j, t0 + t));
+      transpose(r);
+      for (int i = 0; i < W; ++i) vstore(dst + (t + i) * W, r[i]);
+    }
+    for (; t < Tn; ++t) {
+      for (int j = 0; j < W; ++j) dst[t * W + j] = src[row(j, t0 + t)];
     }
   }
 
   // rows of a (batch, dim, L) tensor <- (kChunk, W) buffer, valid lanes only
   void scatter(const T* src, int64_t t0, int64_t Tn, T* dst) const {
+    int64_t t = 0;
+    if (p.valid(k, W - 1)) {  // a full block
+      for (; t + W <= Tn; t += W) {
+        V r[W];
+        for (int i = 0; i < W; ++i) r[i] = vload<V>(src + (t + i) * W);
+        transpose(r);
+        for (int j = 0; j < W; ++j) vstore(dst + row(j, t0 + t), r[j]);
+      }
+    }
     for (int j = 0; j < W; ++j) {
       if (!p.valid(k, j)) continue;
-      T* d = dst + row(j, t0);
-      for (int64_t t = 0; t < Tn; ++t) d[t] = src[t * W + j];
+      for (int64_t i = t; i < Tn; ++i) dst[row(j, t0 + i)] = src[i * W + j];
     }
   }
 
@@ -254,22 +302,33 @@ struct Block {
     return Tn;
   }
 
-  // H[t] = states of chunk c from h (the state before it); h becomes the last state. With want_y: Y[t] = C_t · h_t.
-  void recur(int64_t c, int64_t Tn, V* __restrict h, bool want_y) {
+  // B_t[n] / C_t[n] as lane vectors; rows: B_chunk / C_chunk of the chunk (null when time-invariant)
+  V B_at(const T* rows, int64_t t, int64_t n) const {
+    return B_var(p) ? splat<V>(rows[t * state_size(p) + n]) : Bl[n];
+  }
+  V C_at(const T* rows, int64_t t, int64_t n) const {
+    return C_var(p) ? splat<V>(rows[t * state_size(p) + n]) : Cl[n];
+  }
+  const T* B_chunk(int64_t t0) const { return B_var(p) ? p.B_rows(b, d0) + t0 * state_size(p) : nullptr; }
+  const T* C_chunk(int64_t t0) const { return C_var(p) ? p.C_rows(b, d0) + t0 * state_size(p) : nullptr; }
+
+  // States of chunk c from h (the state before it); h becomes the last state. STORE_H: H[t] = h_t;
+  // WANT_Y: Y[t] = C_t · h_t.
+  template <bool STORE_H, bool WANT_Y>
+  void recur(int64_t c, int64_t Tn, V* __restrict h) {
     const int64_t N = state_size(p);
-    const int64_t t0 = c * kChunk;
-    const T* Brow = p.B_var ? p.B_rows(b, d0) + t0 * N : nullptr;
-    const T* Crow = p.C_var ? p.C_rows(b, d0) + t0 * N : nullptr;
+    const T* Brow = B_chunk(c * kChunk);
+    const T* Crow = C_chunk(c * kChunk);
     for (int64_t t = 0; t < Tn; ++t) {
       const V w = vload<V>(&DTU[t * W]);
       V y{};
+#pragma GCC unroll 16
       for (int64_t n = 0; n < N; ++n) {
-        const V bn = Brow ? splat<V>(Brow[t * N + n]) : Bl[n];
-        h[n] = vload<V>(&DA[(t * N + n) * W]) * h[n] + w * bn;
-        vstore(&H[(t * N + n) * W], h[n]);
-        if (want_y) y += (Crow ? splat<V>(Crow[t * N + n]) : Cl[n]) * h[n];
+        h[n] = vload<V>(&DA[(t * N + n) * W]) * h[n] + w * B_at(Brow, t, n);
+        if (STORE_H) vstore(&H[(t * N + n) * W], h[n]);
+        if (WANT_Y) y += C_at(Crow, t, n) * h[n];
       }
-      if (want_y) vstore(&Y[t * W], y);
+      if (WANT_Y) vstore(&Y[t * W], y);
     }
   }
 
@@ -300,7 +359,7 @@ void forward(const Problem<T>& p, T* out, T* last, T* ckpt) {
       for (int64_t c = 0; c < p.nchunks; ++c) {
         for (int64_t n = 0; n < N; ++n) vstore(&ckpt[((blk * p.nchunks + c) * N + n) * W], h[n]);
         const int64_t Tn = k.prologue(c, false);
-        k.recur(c, Tn, h, true);
+        k.template recur<false, true>(c, Tn, h);
         for (int64_t t = 0; t < Tn; ++t) {
           for (int j = 0; j < W; ++j) k.Y[t * W + j] += Dl[j] * k.U[t * W + j];
         }
@@ -352,9 +411,9 @@ void backward(const Problem<T>& p, const T* ckpt, const Grads<T>& g) {
     for (int64_t item = begin; item < end; ++item) {
       for (int64_t blk = item * g.bpi; blk < (item + 1) * g.bpi; ++blk) {
         k.start(blk);
-        T* dB_rows = p.B_var ? g.dB + ((g.slot(p, k.gj, k.k, HB) * p.batch + k.b) * p.GB + k.d0 / HB) * p.L * N
+        T* dB_rows = Block<T, NT>::B_var(p) ? g.dB + ((g.slot(p, k.gj, k.k, HB) * p.batch + k.b) * p.GB + k.d0 / HB) * p.L * N
                              : nullptr;
-        T* dC_rows = p.C_var ? g.dC + ((g.slot(p, k.gj, k.k, HC) * p.batch + k.b) * p.GC + k.d0 / HC) * p.L * N
+        T* dC_rows = Block<T, NT>::C_var(p) ? g.dC + ((g.slot(p, k.gj, k.k, HC) * p.batch + k.b) * p.GC + k.d0 / HC) * p.L * N
                              : nullptr;
         V Dl{}, valid{};
         for (int j = 0; j < W; ++j) {
@@ -373,7 +432,11 @@ void backward(const Problem<T>& p, const T* ckpt, const Grads<T>& g) {
           const T* h0 = ckpt + (blk * p.nchunks + c) * N * W;
           const int64_t Tn = k.prologue(c, p.softplus);
           for (int64_t n = 0; n < N; ++n) h[n] = vload<V>(&h0[n * W]);
-          k.recur(c, Tn, h, p.z != nullptr);
+          if (p.z) {
+            k.template recur<true, true>(c, Tn, h);
+          } else {
+            k.template recur<true, false>(c, Tn, h);
+          }
           k.gather(g.dout, t0, Tn, DOUT.data());
           // out = (y + D u) silu(z): dy (zero on padding lanes), dz
           if (p.z) {
@@ -387,23 +450,24 @@ void backward(const Problem<T>& p, const T* ckpt, const Grads<T>& g) {
           } else {
             for (int64_t t = 0; t < Tn; ++t) vstore(&k.DY[t * W], vload<V>(&DOUT[t * W]) * valid);
           }
-          const T* Brow = p.B_var ? p.B_rows(k.b, k.d0) + t0 * N : nullptr;
-          const T* Crow = p.C_var ? p.C_rows(k.b, k.d0) + t0 * N : nullptr;
+          const T* Brow = k.B_chunk(t0);
+          const T* Crow = k.C_chunk(t0);
           // reverse sweep: g_t = dy_t C_t + exp(dt_{t+1} A) ⊙ g_{t+1}, and every gradient that uses g_t
           for (int64_t t = Tn - 1; t >= 0; --t) {
             const V dy = vload<V>(&k.DY[t * W]), w = vload<V>(&k.DTU[t * W]), dt = vload<V>(&k.DT[t * W]);
             V sAh{}, sGB{};
+#pragma GCC unroll 16
             for (int64_t n = 0; n < N; ++n) {
-              const V gt = dy * (Crow ? splat<V>(Crow[t * N + n]) : k.Cl[n]) + gnext[n];
+              const V gt = dy * k.C_at(Crow, t, n) + gnext[n];
               const V a = vload<V>(&k.DA[(t * N + n) * W]);
               const V hp = t > 0 ? vload<V>(&k.H[((t - 1) * N + n) * W]) : vload<V>(&h0[n * W]);
               const V gah = gt * a * hp;
               dA_acc[n] += gah * dt;
               sAh += gah * k.Al[n];
-              sGB += gt * (Brow ? splat<V>(Brow[t * N + n]) : k.Bl[n]);
+              sGB += gt * k.B_at(Brow, t, n);
               const V gb = gt * w, hc = dy * vload<V>(&k.H[(t * N + n) * W]);
-              if (Brow) dBv[n] = gb; else dBl[n] += gb;
-              if (Crow) dCv[n] = hc; else dCl[n] += hc;
+              if (Block<T, NT>::B_var(p)) dBv[n] = gb; else dBl[n] += gb;
+              if (Block<T, NT>::C_var(p)) dCv[n] = hc; else dCl[n] += hc;
               gnext[n] = a * gt;
             }
             // input-dependent dB_t, dC_t: sums over the lanes (channels), W states at a time
@@ -510,10 +574,10 @@ void with_dtype(const at::Tensor& u, F&& f) {
   }
 }
 
-// Dispatch on the state size: compile-time N = 16 (Mamba's d_state) for float, a runtime loop bound otherwise.
+// Dispatch: the fast path (N = 16, Mamba's d_state, input-dependent B and C) for float, the generic one otherwise.
 template <typename T, typename F>
-void with_N(int64_t N, F&& f) {
-  if (std::is_same_v<T, float> && N == 16) {
+void with_N(const Problem<T>& p, F&& f) {
+  if (std::is_same_v<T, float> && p.N == 16 && p.B_var && p.C_var) {
     f(std::integral_constant<int, 16>{});
   } else {
     f(std::integral_constant<int, 0>{});
@@ -535,7 +599,7 @@ std::vector<at::Tensor> fwd(const at::Tensor& u, const at::Tensor& delta, const 
     const auto p = make_problem<scalar_t>(u, delta, A, B, C, D, z, bias, softplus);
     ckpt = at::empty({p.nblocks(), p.nchunks, N, Simd<scalar_t>::W}, u.options());
     if (p.L == 0) return;
-    with_N<scalar_t>(N, [&](auto NT) {
+    with_N(p, [&](auto NT) {
       forward<scalar_t, decltype(NT)::value>(p, out.data_ptr<scalar_t>(), last.data_ptr<scalar_t>(),
                                               ckpt.data_ptr<scalar_t>());
     });
@@ -593,7 +657,7 @@ std::vector<at::Tensor> bwd(const at::Tensor& u, const at::Tensor& delta, const 
     g.dC = dC.data_ptr<scalar_t>();
     g.dout = dout.data_ptr<scalar_t>();
     g.dlast = dlast ? dlast->data_ptr<scalar_t>() : nullptr;
-    with_N<scalar_t>(N, [&](auto NT) { backward<scalar_t, decltype(NT)::value>(p, ckpt.data_ptr<scalar_t>(), g); });
+    with_N(p, [&](auto NT) { backward<scalar_t, decltype(NT)::value>(p, ckpt.data_ptr<scalar_t>(), g); });
   });
   auto empty = at::empty({0}, u.options());
   return {du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0), D ? dD.sum(0) : empty, dz, bias ? dbias.sum(0) : empty};
