@@ -9,37 +9,38 @@ import argparse
 import importlib
 import sys
 
-# name -> (module, one-line help).  Modules are imported only when their subcommand runs or when --help is built.
+# name -> (module, one-line help).  A module is imported only when its subcommand runs.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "env": ("mm2ct.env_info", "print versions, devices and the available selective-scan backends"),
     "phantom": ("mm2ct.data.phantom", "generate procedural pelvis phantom patients (T1w, T2w, CT in HU, mask)"),
     "prepare": ("mm2ct.data.slices", "build the slice cache (splits, normalised 2-D slices) of a dataset"),
+    "train": ("mm2ct.train", "train translators (CycleGAN, SynDiff, MM2CT and ablations) for a profile"),
+    "evaluate": ("mm2ct.evaluate", "evaluate trained translators on the test patients (paper-style + HU metrics)"),
     "translate": ("mm2ct.infer", "T1/T2 NIfTI -> synthetic CT NIfTI (HU, input grid) with a trained checkpoint"),
     "reproduce": ("mm2ct.reproduce", "run the notebooks in order with papermill for a profile"),
 }
 
 
-def register(name: str, module: str, help: str) -> None:
-    """Add a subcommand (used by modules of later features)."""
-    SUBCOMMANDS[name] = (module, help)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the subcommand named in ``argv`` is imported and configured (fast start-up)."""
     from mm2ct import PAPER, __version__
 
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="mm2ct", description=f"mm2ct {__version__}: reproduction of {PAPER}")
     parser.add_argument("--version", action="version", version=f"mm2ct {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
-        mod = importlib.import_module(module)
-        mod.configure(p)
-        p.set_defaults(_run=mod.run)
+        if name == chosen:
+            mod = importlib.import_module(module)
+            mod.configure(p)
+            p.set_defaults(_run=mod.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()

@@ -93,7 +93,8 @@ class TranslatorConfig:
 
 @dataclass
 class TrainConfig:
-    models: tuple[str, ...] = ("cyclegan_t1", "cyclegan_t2", "syndiff_t1", "syndiff_t2", "mm2ct")
+    models: tuple[str, ...] = ("cyclegan_t1", "cyclegan_t2", "syndiff_t1", "syndiff_t2", "mm2ct",  # Table 1
+                               "mm2ct_nomamba", "mm2ct_node")                                 # + Table 2
     batch_size: int = 4              # MM2CT §4.2
     epochs: int = 100                # MM2CT §4.2
     max_steps_per_epoch: int | None = None  # cap (profiles use it to bound CPU time)

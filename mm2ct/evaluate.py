@@ -1,0 +1,168 @@
+"""Evaluate a trained translator on the test patients (docs/method.md §8.5, docs/data.md §2.3).
+
+For every test slice: the synthetic CT from ``translator.translate`` (EMA weights of ``best.pt``, fixed sampling
+seed ``eval.seed``), then
+- paper-style PSNR / SSIM (%) on the [-1, 1] slice (``mm2ct.metrics.paper_metrics``), and
+- SynthRAD2023-style MAE / PSNR / SSIM in HU inside the body mask, per patient on the restacked slices
+  (``mm2ct.metrics.synthrad_metrics``; slices are those of the profile's grid, not the scanner's).
+
+Writes ``<run>/eval/slices.csv``, ``patients.csv`` and ``summary.json`` (every number with the checkpoint, seed,
+profile and git commit that produced it) and returns the summary.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mm2ct.workspace import Workspace
+
+PAPER_KEYS = ("psnr", "ssim")
+HU_KEYS = ("mae_hu", "psnr_hu", "ssim_hu")
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    pd.DataFrame(rows).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def predict(tr, dataset, seed: int, device: torch.device, batch_size: int = 8, max_slices: int | None = None,
+            progress: bool = True) -> dict[str, np.ndarray]:
+    """Synthetic CT for the first ``max_slices`` slices of ``dataset`` (all by default), with one random stream
+    seeded with ``seed``. Returns arrays stacked over slices: pred, ct, mask, t1, t2 ((S, H, W), [-1, 1]) and
+    patient / slice identifiers."""
+    from tqdm.auto import tqdm
+
+    tr.eval()
+    n = len(dataset) if max_slices is None else min(len(dataset), max_slices)
+    g = torch.Generator(device=device).manual_seed(seed)
+    keys = ("t1", "t2", "ct", "mask")
+    out: dict[str, list] = {k: [] for k in (*keys, "pred", "patient", "slice")}
+    for start in tqdm(range(0, n, batch_size), desc=f"{tr.name}: test slices", disable=not progress, leave=False):
+        items = [dataset[i] for i in range(start, min(n, start + batch_size))]
+        sources = {s: torch.stack([torch.as_tensor(it[s]) for it in items]).to(device) for s in tr.sources}
+        out["pred"].append(tr.translate(sources, generator=g).cpu().numpy()[:, 0])
+        for k in keys:
+            out[k].append(np.stack([np.asarray(it[k])[0] for it in items]))
+        out["patient"] += [it["patient"] for it in items]
+        out["slice"] += [int(it["slice"]) for it in items]
+    return {k: (np.concatenate(v) if k not in ("patient", "slice") else np.asarray(v)) for k, v in out.items()}
+
+
+def score(pred: dict[str, np.ndarray], data_cfg) -> tuple[list[dict], list[dict]]:
+    """Per-slice paper-style rows and per-patient rows (paper-style means + SynthRAD HU metrics)."""
+    from mm2ct.data.preprocess import unit_to_hu
+    from mm2ct.metrics import paper_metrics, synthrad_metrics
+
+    slice_rows = []
+    for i, (p, s) in enumerate(zip(pred["patient"], pred["slice"])):
+        m = paper_metrics(pred["pred"][i], pred["ct"][i])
+        slice_rows.append({"patient": str(p), "slice": int(s), **m})
+    patient_rows = []
+    for p in dict.fromkeys(pred["patient"]):
+        idx = np.flatnonzero(pred["patient"] == p)
+        idx = idx[np.argsort(pred["slice"][idx])]
+        hu_pred = unit_to_hu(pred["pred"][idx], data_cfg)  # (S, H, W)
+        hu_gt = unit_to_hu(pred["ct"][idx], data_cfg)
+        mask = pred["mask"][idx] > 0
+        hu = synthrad_metrics(hu_pred, hu_gt, mask) if len(idx) >= 7 else \
+            _slicewise_synthrad(hu_pred, hu_gt, mask)
+        rows = [r for r in slice_rows if r["patient"] == str(p)]
+        patient_rows.append({"patient": str(p), "n_slices": len(idx),
+                             **{k: float(np.nanmean([r[k] for r in rows])) for k in PAPER_KEYS},
+                             "mae_hu": hu["mae"], "psnr_hu": hu["psnr"], "ssim_hu": hu["ssim"]})
+    return slice_rows, patient_rows
+
+
+def _slicewise_synthrad(hu_pred, hu_gt, mask) -> dict[str, float]:
+    """Fewer than 7 slices (tiny profiles): SynthRAD metrics per 2-D slice, averaged."""
+    from mm2ct.metrics import synthrad_metrics
+
+    rows = [synthrad_metrics(a, b, m) for a, b, m in zip(hu_pred, hu_gt, mask) if m.any()]
+    return {k: float(np.nanmean([r[k] for r in rows])) if rows else float("nan") for k in ("mae", "psnr", "ssim")}
+
+
+def _mean_std(values) -> tuple[float, float]:
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    return (float(v.mean()), float(v.std())) if v.size else (float("nan"), float("nan"))
+
+
+def evaluate(ws: Workspace, model: str, seed: int | None = None, split: str = "test", progress: bool = True,
+             keep_predictions: bool = True) -> dict[str, Any]:
+    """Evaluate ``runs/<profile>/<model>[-seed<S>]/best.pt`` on ``split``; write and return the summary."""
+    from mm2ct.data.slices import SliceDataset, ensure_cache
+    from mm2ct.ops import set_default_backend
+    from mm2ct.train import load_checkpoint, pick_device, run_dir
+
+    t0 = time.time()
+    run = run_dir(ws, model, seed)
+    ckpt_path = run / "best.pt"
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"{ckpt_path}: no trained checkpoint; train first (`mm2ct train --profile "
+                                f"{ws.profile} --model {model}`)")
+    device = pick_device(ws.cfg.train.device)
+    set_default_backend(ws.cfg.scan.backend)
+    tr, cfg, ckpt = load_checkpoint(ckpt_path, device)
+    dataset = SliceDataset(ensure_cache(ws), split, paired=True)
+    pred = predict(tr, dataset, ws.cfg.eval.seed, device, batch_size=max(1, cfg.train.batch_size),
+                   max_slices=ws.cfg.eval.max_test_slices, progress=progress)
+    slice_rows, patient_rows = score(pred, cfg.data)
+    out = run / "eval"
+    out.mkdir(exist_ok=True)
+    _write_csv(out / "slices.csv", slice_rows)
+    _write_csv(out / "patients.csv", patient_rows)
+    if keep_predictions:
+        tmp = out / ".predictions.npz.tmp.npz"
+        np.savez_compressed(tmp, **pred)
+        os.replace(tmp, out / "predictions.npz")
+    from mm2ct.metrics import aggregate
+
+    agg = aggregate(slice_rows, keys=list(PAPER_KEYS))
+    summary: dict[str, Any] = {
+        "model": model, "profile": ws.profile, "split": split, "seed": ckpt["seed"], "eval_seed": ws.cfg.eval.seed,
+        "checkpoint": str(ckpt_path), "checkpoint_epoch": ckpt["epoch"], "best_val_psnr": ckpt["best_psnr"],
+        "train_seconds": round(ckpt["seconds"], 1), "train_commit": ckpt["git_commit"],
+        "data": str(ws.data_root), "n_slices": len(slice_rows), "n_patients": len(patient_rows),
+    }
+    for k in PAPER_KEYS:
+        summary[k] = agg[k]["slice_mean"]
+        summary[f"{k}_patient_mean"], summary[f"{k}_patient_std"] = agg[k]["patient_mean"], agg[k]["patient_std"]
+    for k in HU_KEYS:
+        summary[k], summary[f"{k}_std"] = _mean_std(r[k] for r in patient_rows)
+    from mm2ct.train import git_commit
+
+    summary["eval_commit"] = git_commit()
+    summary["eval_seconds"] = round(time.time() - t0, 1)
+    tmp = out / ".summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out / "summary.json")
+    return summary
+
+
+def configure(parser) -> None:
+    parser.add_argument("--profile", default="demo")
+    parser.add_argument("--model", nargs="+", default=None, help="default: the profile's train.models")
+    parser.add_argument("--seed", type=int, nargs="+", default=None)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--split", default="test", choices=("val", "test"))
+
+
+def run(args) -> int:
+    from mm2ct.workspace import resolve
+
+    ws = resolve(args.profile, args.data_dir)
+    for m in args.model or ws.cfg.train.models:
+        for s in args.seed or ws.cfg.train.seeds:
+            r = evaluate(ws, m, s, args.split)
+            print(f"{m} seed {s}: PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.2f} %  MAE {r['mae_hu']:.1f} HU  "
+                  f"({r['n_slices']} slices, {r['n_patients']} patients)")
+    return 0

@@ -1,0 +1,437 @@
+"""Training loop for every translator (docs/method.md §2.6-2.7, §8.4): SynDiff's losses and schedule.
+
+One step = discriminator step (diffusive + non-diffusive losses, lazy R1) then generator step
+(``mm2ct.losses``), Adam (beta1, beta2) for both, cosine decay per epoch to ``lr_min``, EMA of the generators
+(fusion module included). Validation PSNR (paper-style, EMA weights) picks ``best.pt``.
+
+A run lives in ``runs/<profile>/<model>/`` (``<model>-seed<S>`` for extra seeds): ``last.pt`` (written
+atomically at the end of every epoch: model, EMA, optimisers, schedulers, RNG states, step, config), ``best.pt``,
+``log.csv`` (one row per step), ``val.csv`` (one row per validation) and ``config.yaml``. A killed run resumes from
+``last.pt`` and ends with exactly the weights of an uninterrupted run with the same seed (CPU; tested).
+
+Several GPUs: ``torchrun --nproc_per_node K -m mm2ct train ...``: every rank trains on its shard of each epoch's
+batches and gradients are averaged across ranks before each optimiser step; rank 0 validates and writes.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from mm2ct.config import Config, from_dict, save_config
+from mm2ct.workspace import Workspace
+
+CHECKPOINT_FORMAT = "mm2ct-checkpoint/1"
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
+def git_commit() -> str:
+    """The checkout's commit (with ``+dirty`` when it has uncommitted changes), or ``unknown``."""
+    from mm2ct import repo_root
+
+    try:
+        root = repo_root()
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is {name!r} but CUDA is not available here")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a kill never leaves a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class EMA:
+    """Exponential moving average of the generators' parameters (SynDiff ``--use_ema``; method.md §2.7).
+
+    shadow <- decay * shadow + (1 - decay) * param after every generator step. ``swapped(modules)`` puts the
+    averages into the modules for evaluation and restores the live weights afterwards.
+    """
+
+    def __init__(self, modules: list[torch.nn.Module], decay: float):
+        self.decay = decay
+        self.params = [p for m in modules for p in m.parameters()]
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            p.copy_(s)
+
+    def swapped(self):
+        ema = self
+
+        class _Swap:
+            def __enter__(self):
+                self.live = [p.detach().clone() for p in ema.params]
+                ema.copy_to_params()
+
+            def __exit__(self, *exc):
+                with torch.no_grad():
+                    for live, p in zip(self.live, ema.params):
+                        p.copy_(live)
+
+        return _Swap()
+
+    def state_dict(self) -> list[torch.Tensor]:
+        return [s.clone() for s in self.shadow]
+
+    def load_state_dict(self, state: list[torch.Tensor]) -> None:
+        if len(state) != len(self.shadow):
+            raise ValueError(f"EMA state has {len(state)} tensors, the model {len(self.shadow)}")
+        with torch.no_grad():
+            for s, v in zip(self.shadow, state):
+                s.copy_(v)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _all_reduce_grads(modules: list[torch.nn.Module], world: int) -> None:
+    """Average gradients across ranks (data-parallel training without wrapping every network in DDP)."""
+    grads = [p.grad for m in modules for p in m.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset:offset + n].view_as(g))
+        offset += n
+
+
+def run_dir(ws: Workspace, model: str, seed: int | None = None) -> Path:
+    """``runs/<profile>/<model>`` for the profile's first seed, ``runs/<profile>/<model>-seed<S>`` otherwise."""
+    seed = ws.cfg.train.seeds[0] if seed is None else seed
+    return ws.runs_dir / (model if seed == ws.cfg.train.seeds[0] else f"{model}-seed{seed}")
+
+
+# ----------------------------------------------------------------------------------------------------- loading
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = True):
+    """Rebuild the translator a checkpoint was trained as (from the config it carries) with its EMA weights
+    (``ema=False``: the live weights). Returns (translator in eval mode, Config, checkpoint dict)."""
+    from mm2ct.translators import build
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a corrupt file
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an mm2ct checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    cfg = from_dict(ckpt["config"], source=str(path))
+    tr = build(ckpt["model"], cfg).to(device)
+    tr.load_state_dict(ckpt["translator"])
+    if ema and ckpt.get("ema") is not None:
+        e = EMA(tr.generators(), cfg.train.ema_decay)
+        e.load_state_dict(ckpt["ema"])
+        e.copy_to_params()
+    tr.eval()
+    return tr, cfg, ckpt
+
+
+# ----------------------------------------------------------------------------------------------------- training
+@dataclass
+class RunResult:
+    model: str
+    seed: int
+    run_dir: Path
+    best_psnr: float
+    best_epoch: int
+    epochs: int
+    steps: int
+    seconds: float
+
+
+def _batches(dataset, batch_size: int, seed: int, epoch: int, rank: int, world: int, max_steps: int | None):
+    """This epoch's batches for this rank: a permutation drawn from (seed, epoch), so a resumed run sees the same
+    order; incomplete last batches are dropped (BatchNorm-free nets, but keeps shapes fixed)."""
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    order = torch.randperm(len(dataset), generator=g).tolist()
+    n = len(order) // (batch_size * world)
+    if max_steps is not None:
+        n = min(n, max_steps)
+    if n == 0:
+        raise ValueError(f"the training set has {len(dataset)} slices: fewer than one batch of {batch_size}"
+                         f"{f' x {world} ranks' if world > 1 else ''}; lower train.batch_size")
+    for i in range(n):
+        idx = order[(i * world + rank) * batch_size:(i * world + rank + 1) * batch_size]
+        items = [dataset[j] for j in idx]
+        yield {k: torch.stack([torch.as_tensor(it[k]) for it in items]) if isinstance(items[0][k], (np.ndarray, torch.Tensor))
+               else [it[k] for it in items] for k in items[0]}
+
+
+@torch.no_grad()
+def validate(tr, dataset, cfg: Config, device: torch.device, max_slices: int | None = None) -> float:
+    """Mean paper-style PSNR (method.md §8.5) of ``tr.translate`` over the validation slices (seed cfg.eval.seed)."""
+    from mm2ct.metrics import paper_metrics
+
+    tr.eval()
+    n = len(dataset) if max_slices is None else min(len(dataset), max_slices)
+    g = torch.Generator(device=device).manual_seed(cfg.eval.seed)
+    scores = []
+    bs = max(1, cfg.train.batch_size)
+    for start in range(0, n, bs):
+        items = [dataset[i] for i in range(start, min(n, start + bs))]
+        sources = {s: torch.stack([torch.as_tensor(it[s]) for it in items]).to(device) for s in tr.sources}
+        pred = tr.translate(sources, generator=g).cpu().numpy()
+        for p, it in zip(pred, items):
+            scores.append(paper_metrics(p[0], np.asarray(it["ct"])[0])["psnr"])
+    tr.train()
+    finite = [s for s in scores if np.isfinite(s)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = True, progress: bool = True,
+          stop_after_epochs: int | None = None, log=print) -> RunResult:
+    """Train ``model`` (a name of ``mm2ct.translators.MODELS``) under the workspace's profile.
+
+    ``resume``: continue from ``last.pt`` when it exists (a finished run returns at once).
+    ``stop_after_epochs``: end this call after that many epochs of this call (simulates a kill; tests use it).
+    """
+    from tqdm.auto import tqdm
+
+    from mm2ct.data.slices import SliceDataset, ensure_cache
+    from mm2ct.losses import d_step_losses, g_step_losses
+    from mm2ct.ops import set_default_backend
+    from mm2ct.translators import build
+
+    cfg = ws.cfg
+    tc = cfg.train
+    seed = tc.seeds[0] if seed is None else seed
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rank = dist.get_rank() if world > 1 else 0
+    device = pick_device(tc.device) if world == 1 or tc.device != "auto" or not torch.cuda.is_available() \
+        else torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    set_default_backend(cfg.scan.backend)
+    out = run_dir(ws, model, seed)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+
+    cache = ensure_cache(ws) if rank == 0 else ws.cache_dir
+    if world > 1:
+        dist.barrier()
+    train_set = SliceDataset(cache, "train", paired=not cfg.data.unpaired, seed=seed)
+    val_set = SliceDataset(cache, "val", paired=True, seed=seed)
+
+    seed_everything(seed)
+    tr = build(model, cfg).to(device)
+    gens, discs = tr.generators(), tr.discriminators()
+    betas = (tc.beta1, tc.beta2)
+    opt_g = torch.optim.Adam([p for m in gens for p in m.parameters()], lr=tc.lr_g, betas=betas)
+    opt_d = torch.optim.Adam([p for m in discs for p in m.parameters()], lr=tc.lr_d, betas=betas)
+    sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, T_max=tc.epochs, eta_min=tc.lr_min)
+    sched_d = torch.optim.lr_scheduler.CosineAnnealingLR(opt_d, T_max=tc.epochs, eta_min=tc.lr_min)
+    ema = EMA(gens, tc.ema_decay)
+    epoch, step, best_psnr, best_epoch, seconds = 0, 0, -math.inf, -1, 0.0
+
+    last = out / "last.pt"
+    if rank == 0 and not (resume and last.is_file()):
+        for stale in ("last.pt", "best.pt", "log.csv", "val.csv"):
+            (out / stale).unlink(missing_ok=True)
+    if resume and last.is_file():
+        ckpt = torch.load(last, map_location=device, weights_only=False)
+        if ckpt.get("model") != model or ckpt.get("config") != cfg.to_dict():
+            raise ValueError(f"{last}: was trained with another model or config; use a fresh run folder or "
+                             f"delete it (resume=False overwrites)")
+        tr.load_state_dict(ckpt["translator"])
+        ema.load_state_dict(ckpt["ema"])
+        opt_g.load_state_dict(ckpt["opt_g"])
+        opt_d.load_state_dict(ckpt["opt_d"])
+        sched_g.load_state_dict(ckpt["sched_g"])
+        sched_d.load_state_dict(ckpt["sched_d"])
+        epoch, step = ckpt["epoch"], ckpt["step"]
+        best_psnr, best_epoch, seconds = ckpt["best_psnr"], ckpt["best_epoch"], ckpt["seconds"]
+        _set_rng_state(ckpt["rng"])
+        if rank == 0:  # a kill between the log append and the checkpoint leaves rows of an unsaved epoch
+            for name in ("log.csv", "val.csv"):
+                _truncate_csv(out / name, epoch)
+        if rank == 0:
+            log(f"{model}: resuming from {last} at epoch {epoch}/{tc.epochs}")
+
+    amp = tc.amp and device.type == "cuda"
+    commit = git_commit()
+    ran = 0
+    tr.train()
+    while epoch < tc.epochs:
+        t0 = time.time()
+        train_set.set_epoch(epoch)  # unpaired: a new MR/CT shuffle per epoch, deterministic in (seed, epoch)
+        n_steps = len(train_set) // (tc.batch_size * world)
+        if tc.max_steps_per_epoch is not None:
+            n_steps = min(n_steps, tc.max_steps_per_epoch)
+        bar = tqdm(_batches(train_set, tc.batch_size, seed, epoch, rank, world, tc.max_steps_per_epoch),
+                   total=n_steps, desc=f"{model} epoch {epoch + 1}/{tc.epochs}", disable=not progress or rank != 0,
+                   leave=False, file=sys.stdout, dynamic_ncols=True)
+        rows = []
+        for batch in bar:
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                opt_d.zero_grad(set_to_none=True)
+                loss_d, logs_d = d_step_losses(tr, batch, step, tc)
+            loss_d.backward()
+            if world > 1:
+                _all_reduce_grads(discs, world)
+            opt_d.step()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                opt_g.zero_grad(set_to_none=True)
+                loss_g, logs_g = g_step_losses(tr, batch, tc)
+            loss_g.backward()
+            if world > 1:
+                _all_reduce_grads(gens, world)
+            opt_g.step()
+            ema.update()
+            step += 1
+            row = {"epoch": epoch + 1, "step": step, "lr_g": opt_g.param_groups[0]["lr"],
+                   **{k: float(v) for k, v in {**logs_d, **logs_g}.items()}}
+            if not all(math.isfinite(v) for v in row.values()):
+                raise FloatingPointError(f"{model}: non-finite loss at step {step}: {row}")
+            rows.append(row)
+            bar.set_postfix(d=f"{row['d_total']:.3f}", g=f"{row['g_total']:.3f}")
+        sched_g.step()
+        sched_d.step()
+        epoch += 1
+        ran += 1
+        seconds += time.time() - t0
+
+        if rank == 0:
+            _append_csv(out / "log.csv", rows)
+            is_val = epoch % tc.val_every == 0 or epoch == tc.epochs
+            if is_val:
+                with ema.swapped():
+                    psnr = validate(tr, val_set, cfg, device, cfg.eval.max_test_slices)
+                _append_csv(out / "val.csv", [{"epoch": epoch, "step": step, "val_psnr": psnr,
+                                               "seconds": round(seconds, 1)}])
+                if psnr > best_psnr or best_epoch < 0:
+                    best_psnr, best_epoch = psnr, epoch
+                    atomic_save(_checkpoint(tr, ema, None, model, cfg, epoch, step, best_psnr, best_epoch,
+                                            seconds, commit, seed), out / "best.pt")
+                log(f"{model}: epoch {epoch}/{tc.epochs}  val PSNR {psnr:.2f} dB  (best {best_psnr:.2f} @ "
+                    f"{best_epoch})  {seconds:.0f} s")
+            atomic_save(_checkpoint(tr, ema, (opt_g, opt_d, sched_g, sched_d), model, cfg, epoch, step, best_psnr,
+                                    best_epoch, seconds, commit, seed), last)
+        if world > 1:
+            dist.barrier()
+        if stop_after_epochs is not None and ran >= stop_after_epochs:
+            break
+    return RunResult(model, seed, out, best_psnr, best_epoch, epoch, step, seconds)
+
+
+def _checkpoint(tr, ema, opts, model, cfg, epoch, step, best_psnr, best_epoch, seconds, commit, seed) -> dict:
+    ckpt = {"format": CHECKPOINT_FORMAT, "model": model, "config": cfg.to_dict(), "translator": tr.state_dict(),
+            "ema": ema.state_dict(), "epoch": epoch, "step": step, "best_psnr": best_psnr, "best_epoch": best_epoch,
+            "seconds": seconds, "git_commit": commit, "seed": seed, "torch": torch.__version__}
+    if opts is not None:
+        opt_g, opt_d, sched_g, sched_d = opts
+        ckpt.update(opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), sched_g=sched_g.state_dict(),
+                    sched_d=sched_d.state_dict(), rng=_rng_state())
+    return ckpt
+
+
+def _truncate_csv(path: Path, epoch: int) -> None:
+    """Keep only the rows of epochs <= ``epoch`` (the ones the checkpoint we resume from has seen)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = [r for r in rows if int(r["epoch"]) <= epoch]
+    if len(keep) != len(rows):
+        path.unlink()
+        _append_csv(path, keep)
+
+
+def _append_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+def configure(parser) -> None:
+    parser.add_argument("--profile", default="demo", help="smoke | demo | paper | path/to/profile.yaml")
+    parser.add_argument("--model", nargs="+", default=None,
+                        help="translator name(s) (default: the profile's train.models)")
+    parser.add_argument("--seed", type=int, nargs="+", default=None, help="seed(s) (default: train.seeds)")
+    parser.add_argument("--data-dir", default=None, help="dataset folder (default: $MM2CT_DATA_DIR or the phantom)")
+    parser.add_argument("--fresh", action="store_true", help="ignore an existing last.pt and start over")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    from mm2ct.workspace import resolve
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    ws = resolve(args.profile, args.data_dir)
+    models = args.model or list(ws.cfg.train.models)
+    seeds = args.seed or list(ws.cfg.train.seeds)
+    try:
+        for m in models:
+            for s in seeds:
+                r = train(ws, m, seed=s, resume=not args.fresh, progress=not args.no_progress)
+                if not dist.is_initialized() or dist.get_rank() == 0:
+                    print(f"{m} seed {s}: best val PSNR {r.best_psnr:.2f} dB at epoch {r.best_epoch}; "
+                          f"{r.steps} steps in {r.seconds:.0f} s -> {r.run_dir}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0

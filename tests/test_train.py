@@ -1,0 +1,151 @@
+"""Training: artefacts of a run, exact resume after a kill, checkpoints that rebuild their model, errors."""
+from __future__ import annotations
+
+import csv
+import os
+
+import pytest
+import torch
+
+from mm2ct.train import EMA, load_checkpoint, run_dir, seed_everything, train
+from mm2ct.translators import build
+from mm2ct.workspace import resolve
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """A throw-away checkout root: the smoke phantom and its slice cache are made once for this module."""
+    return tmp_path_factory.mktemp("ws")
+
+
+def _ws(root, **train):
+    return resolve("smoke", root=root, reports_dir=root / "reports", train={"epochs": 2, **train})
+
+
+def _states(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_a_run_writes_its_artefacts_and_checkpoints_rebuild_the_model(root) -> None:
+    ws = _ws(root)
+    r = train(ws, "syndiff_t1", progress=False, log=lambda *a: None)
+    assert r.epochs == 2 and r.steps == 2 * ws.cfg.train.max_steps_per_epoch
+    names = {p.name for p in r.run_dir.iterdir()}
+    assert {"best.pt", "last.pt", "log.csv", "val.csv", "config.yaml"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    with open(r.run_dir / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == r.steps and {"d_total", "g_total", "g_cyc", "d_r1_b"} & set(rows[0])
+    tr, cfg, ckpt = load_checkpoint(r.run_dir / "best.pt")
+    assert cfg == ws.cfg and ckpt["model"] == "syndiff_t1" and not tr.training
+    # EMA weights, not the live ones, are what the checkpoint rebuilds
+    live, _, _ = load_checkpoint(r.run_dir / "last.pt", ema=False)
+    ema, _, _ = load_checkpoint(r.run_dir / "last.pt", ema=True)
+    g = "G_diff_b.all_modules.0.weight" if hasattr(live.G_diff_b, "all_modules") else None
+    diffs = [not torch.equal(a, b) for (k, a), b in zip(live.state_dict().items(), ema.state_dict().values())
+             if k.startswith("G_")]
+    assert any(diffs), g
+    # a finished run is reused as it is
+    again = train(ws, "syndiff_t1", progress=False, log=lambda *a: None)
+    assert (again.steps, again.best_psnr) == (r.steps, r.best_psnr)
+
+
+@pytest.mark.parametrize("model", ["mm2ct", "cyclegan_t2"])
+def test_resume_after_a_kill_gives_the_uninterrupted_result(root, model) -> None:
+    straight = train(_ws(root / "a"), model, progress=False, log=lambda *a: None)
+    ws_b = _ws(root / "b")
+    first = train(ws_b, model, progress=False, stop_after_epochs=1, log=lambda *a: None)
+    assert first.epochs == 1
+    # a kill mid-epoch leaves at most a stale temporary file; the checkpoint of epoch 1 is intact
+    (first.run_dir / ".last.pt.tmp").write_bytes(b"half-written")
+    resumed = train(ws_b, model, progress=False, log=lambda *a: None)
+    assert resumed.epochs == 2 and resumed.steps == straight.steps
+    a = torch.load(straight.run_dir / "last.pt", weights_only=False)
+    b = torch.load(resumed.run_dir / "last.pt", weights_only=False)
+    for k, v in a["translator"].items():
+        assert torch.equal(v, b["translator"][k]), k
+    assert all(torch.equal(x, y) for x, y in zip(a["ema"], b["ema"]))
+    with open(straight.run_dir / "log.csv") as f1, open(resumed.run_dir / "log.csv") as f2:
+        assert f1.read() == f2.read()
+
+
+def test_resuming_with_another_config_is_refused(root) -> None:
+    train(_ws(root / "c"), "cyclegan_t1", progress=False, stop_after_epochs=1, log=lambda *a: None)
+    with pytest.raises(ValueError, match="another model or config"):
+        train(_ws(root / "c", lr_g=1e-3), "cyclegan_t1", progress=False, log=lambda *a: None)
+
+
+def test_bad_checkpoints_name_the_file(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt: not a readable checkpoint"):
+        load_checkpoint(junk)
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: not an mm2ct checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_ema_tracks_and_swaps_back() -> None:
+    net = torch.nn.Linear(2, 2)
+    ema = EMA([net], decay=0.5)
+    w0 = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(2.0)
+    ema.update()
+    assert torch.allclose(ema.shadow[0], w0 + 1.0)
+    with ema.swapped():
+        assert torch.allclose(net.weight, w0 + 1.0)
+    assert torch.allclose(net.weight, w0 + 2.0)
+
+
+def test_run_dirs_per_seed(root) -> None:
+    ws = resolve("smoke", root=root, train={"seeds": [3, 4]})
+    assert run_dir(ws, "mm2ct", 3) == ws.runs_dir / "mm2ct"
+    assert run_dir(ws, "mm2ct", 4) == ws.runs_dir / "mm2ct-seed4"
+
+
+def _ddp_worker(rank, world, root, port):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        ws = resolve("smoke", root=root, train={"epochs": 1, "batch_size": 1, "max_steps_per_epoch": 1})
+        train(ws, "cyclegan_t1", progress=False, log=lambda *a: None)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_data_parallel_training_on_cpu(root, tmp_path) -> None:
+    """torchrun-style training with 2 gloo ranks of batch 1 takes the same step as one process with batch 2 over
+    the same slices: gradients are averaged across ranks before the optimiser step (CycleGAN: no random draws)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from mm2ct.data.slices import ensure_cache
+
+    ensure_cache(resolve("smoke", root=root))
+    for name in ("ddp", "single"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "data").symlink_to(root / "data")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, tmp_path / "ddp", port), nprocs=2, join=True)
+    single = resolve("smoke", root=tmp_path / "single",
+                     train={"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 1})
+    train(single, "cyclegan_t1", progress=False, log=lambda *a: None)
+    a = torch.load(tmp_path / "ddp/runs/smoke/cyclegan_t1/last.pt", weights_only=False)["translator"]
+    b = torch.load(tmp_path / "single/runs/smoke/cyclegan_t1/last.pt", weights_only=False)["translator"]
+    seed_everything(single.cfg.train.seeds[0])
+    init = build("cyclegan_t1", single.cfg)  # same seed -> the weights both runs started from
+    moved = 0
+    for k, v in init.state_dict().items():
+        if k.endswith("bias"):  # biases in front of InstanceNorm get ~0 gradients: Adam's first step is noise
+            continue
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+        moved += int(not torch.allclose(a[k], v))
+    assert moved > 10  # the step really changed the weights
