@@ -92,7 +92,7 @@ class MissingRunError(FileNotFoundError):
     """Runs a report needs have no evaluation; the message names each run folder and the command that makes it."""
 
 
-@dataclass
+@dataclass(repr=False)
 class Table:
     """A built table: numbers per row (``frame``), the Markdown text, the ordering check and where it was written."""
     name: str
@@ -105,6 +105,9 @@ class Table:
 
     def _repr_markdown_(self) -> str:          # Jupyter shows the Markdown table
         return self.markdown
+
+    def __repr__(self) -> str:
+        return self.markdown.split("\n\n")[1] if "\n\n" in self.markdown else self.markdown
 
 
 @dataclass

@@ -25,7 +25,7 @@ def _normalisers(cfg, case) -> dict:
     for key in ("t1", "t2"):
         n = IntensityNormaliser.for_mr(cfg.data)
         vol = getattr(case, key)
-        out[key] = n.fit([vol], [n.scale(vol, None if n.method == "syndiff" else case.mask)]).to_dict()
+        out[key] = n.fit([n.volume_max(vol, n.scale(vol, case.mask))]).to_dict()
     out["ct"] = IntensityNormaliser.for_ct(cfg.data).to_dict()
     return out
 
