@@ -31,11 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-import torch
-
-from mm2ct.data.io import DataError
 
 HU_CLIP = (-1024.0, 3071.0)       # int16 HU range of the SynthRAD releases (docs/data.md §2.2, §5)
 _NIFTI_EXT = (".nii.gz", ".nii")
@@ -64,6 +60,7 @@ def load_normalisers(ckpt: dict, cfg, checkpoint: Path, cache: str | os.PathLike
     ``<root>/runs/<profile>/<model>/best.pt``) when its data config equals the checkpoint's; else the config's
     normalisers when they need no dataset constant (robust MR, windowed CT).  Anything else is an error.
     """
+    from mm2ct.data.io import DataError
     from mm2ct.data.preprocess import IntensityNormaliser
     from mm2ct.data.slices import load_meta
 
@@ -133,11 +130,11 @@ def _read_patient(t1: Path | None, t2: Path | None, sources: tuple[str, ...], ch
     return patient.reference, vols, patient.volumes["mask"]
 
 
-@torch.no_grad()
 def predict_slices(tr, slices: dict[str, np.ndarray], samples: int, batch_size: int, seed: int,
                    device: torch.device, progress: bool = True, to_hu=None) -> tuple[np.ndarray, np.ndarray | None]:
     """Translate (Z, S, S) normalised slices per source in batches: (mean, std over ``samples``) of ``to_hu(pred)``
     (the identity by default), each (Z, S, S); std is None for one sample."""
+    import torch
     from tqdm.auto import tqdm
 
     to_hu = to_hu or (lambda x: x)
@@ -145,8 +142,9 @@ def predict_slices(tr, slices: dict[str, np.ndarray], samples: int, batch_size: 
     g = torch.Generator(device=device).manual_seed(seed)
     mean = np.empty((n, tr.image_size, tr.image_size), np.float32)
     std = np.empty_like(mean) if samples > 1 else None
-    with tqdm(total=n, desc=f"{tr.name}: slices" + (f" x {samples} samples" if samples > 1 else ""), unit="slice",
-              disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+    desc = f"{tr.name}: slices" + (f" x {samples} samples" if samples > 1 else "")
+    with torch.no_grad(), tqdm(total=n, desc=desc, unit="slice", disable=not progress, file=sys.stderr,
+                               dynamic_ncols=True) as bar:
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             src = {k: torch.from_numpy(np.ascontiguousarray(v[start:stop]))[:, None].to(device)
@@ -175,7 +173,7 @@ def translate_volume(checkpoint: str | os.PathLike, t1: str | os.PathLike | None
     Raises ``DataError`` (bad input volume: the message names the file) or ``ValueError`` / ``FileNotFoundError``
     (bad checkpoint, missing modality, bad output name); nothing is written then.
     """
-    from mm2ct.data.io import write_like
+    from mm2ct.data.io import DataError, write_like
     from mm2ct.data.preprocess import SliceGeometry
     from mm2ct.ops import set_default_backend
     from mm2ct.train import load_checkpoint, pick_device
@@ -231,7 +229,10 @@ def translate_volume(checkpoint: str | os.PathLike, t1: str | os.PathLike | None
     return (sct_img, spread_img) if return_spread else sct_img
 
 
-def _in_memory(path: Path) -> nib.Nifti1Image:
+def _in_memory(path: Path):
+    """The written file as an in-memory Nifti1Image (the data read, nothing left pointing at the file)."""
+    import nibabel as nib
+
     img = nib.load(str(path))
     return nib.Nifti1Image(np.asanyarray(img.dataobj).copy(), img.affine, img.header.copy())
 
@@ -255,6 +256,8 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
+    from mm2ct.data.io import DataError
+
     if args.t1 is None and args.t2 is None:
         print("mm2ct translate: error: give --t1 and/or --t2 (the MR volumes to translate)", file=sys.stderr)
         return 2

@@ -38,7 +38,7 @@ import numpy as np
 
 from mm2ct.workspace import Workspace
 
-# Summary keys shown in the tables: (summary key, key of its across-patient std, label, unit, decimals)
+# Summary keys shown in the tables: (summary key, key of its across-patient std, column label, decimals)
 METRICS: tuple[tuple[str, str, str, int], ...] = (
     ("psnr", "psnr_patient_std", "PSNR (dB)", 2),
     ("ssim", "ssim_patient_std", "SSIM (%)", 2),
@@ -112,6 +112,7 @@ class Table:
 
 @dataclass
 class Figure4:
+    """A built Fig. 4: the matplotlib figure, its panel grid, the slices and models shown and the caption."""
     figure: Any                                # matplotlib.figure.Figure
     axes: np.ndarray                           # (2 * n_slices, 3 + n_models): image rows, |error| rows
     slices: list[tuple[str, int]]              # (patient, slice) shown, top to bottom
@@ -374,8 +375,8 @@ def _csv(rows: list[dict], prov: dict, ordering: dict) -> str:
     return "\n".join(head) + "\n" + buf.getvalue()
 
 
-def _build(ws: Workspace, name: str, label: str, title: str, specs: tuple[RowSpec, ...], ordering_fn, seeds, write: bool,
-           notes: list[str]) -> Table:
+def _build(ws: Workspace, name: str, label: str, title: str, specs: tuple[RowSpec, ...], ordering_fn, seeds,
+           write: bool, notes: list[str]) -> Table:
     import pandas as pd
 
     seeds = [int(s) for s in (ws.cfg.train.seeds if seeds is None else seeds)]
@@ -422,8 +423,8 @@ def table1(ws: Workspace, seeds: list[int] | None = None, write: bool = True) ->
 
 def table2(ws: Workspace, seeds: list[int] | None = None, write: bool = True) -> Table:
     """Table 2: MM2CT ablation of the Mamba fusion module and dynamic enhancement (DE), paper numbers beside."""
-    return _build(ws, "table2", "Table 2", f"Table 2 — ablation of the Mamba fusion module and DE (profile {ws.profile})",
-                  TABLE2, _ordering_table2, seeds, write,
+    return _build(ws, "table2", "Table 2",
+                  f"Table 2 — ablation of the Mamba fusion module and DE (profile {ws.profile})", TABLE2, _ordering_table2, seeds, write,
                   ["", "Row 1 here is MM2CT with the conv-only fusion (shared stem, average, output convs; "
                        "Open choice 23); the paper's row 1 numbers equal its best single-modality SynDiff row "
                        "(compare Table 1's SynDiff rows)."])
