@@ -4,20 +4,22 @@ and peak extra memory, at Mamba-layer shapes (batch B=4, state N=16; channels D 
     .venv/bin/python benchmarks/selective_scan.py                  # D in {64, 128} x L in {1024, 4096, 16384}
     .venv/bin/python benchmarks/selective_scan.py --quick --json reports/bench_scan.json
 
-Inputs are what a Mamba block passes: D, z, delta_bias and delta_softplus on (mamba_inputs in the tests).
+Inputs are what a Mamba block passes at init (mm2ct.ops.mamba_like_inputs): D, z, delta_bias and delta_softplus on.
 - ms: median wall time over the repeats; "fwd" runs under no_grad, "fwdbwd" is forward + backward to every input.
 - speedup_vs_ref: reference time / ms. The sequential reference (``selective_scan_ref``) is timed at the smallest L
   of each D; for longer L its time is estimated by linear scaling in L (its cost is O(L)), marked "~" in the table.
 - bound_ratio: ms / lower bound, where the bound is the bytes that must be read and written once (inputs u, delta,
   z, B, C and output; plus dout, du, ddelta, dz, dB, dC for the backward) divided by the memory bandwidth measured
   in this run with a large tensor copy.
-- peak_mb: peak extra memory of one call. CPU: peak RSS (VmHWM, reset through /proc/self/clear_refs) minus the RSS
-  before the call; torch's allocator returns large blocks to the OS, so this is what the call itself holds.
+- peak_mb: peak extra memory of one call (tracemalloc does not see torch's allocations). CPU: peak RSS (VmHWM, reset
+  through /proc/self/clear_refs) minus the RSS before the call, after malloc_trim has returned freed heap memory to
+  the OS, so the call's own allocations show up.
   CUDA: torch.cuda.max_memory_allocated minus the memory allocated before the call.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from mm2ct.ops import available_backends, selective_scan, selective_scan_ref
+from mm2ct.ops import available_backends, mamba_like_inputs, selective_scan, selective_scan_ref
 
 BATCH, N = 4, 16
 
@@ -73,6 +75,10 @@ class PeakMemory:
             self.base = torch.cuda.memory_allocated()
         else:
             try:
+                ctypes.CDLL(None).malloc_trim(0)  # hand freed heap back, so the call's allocations show in the RSS
+            except (OSError, AttributeError):
+                pass
+            try:
                 Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
                 self.base = _rss_kb("VmRSS")
             except OSError:
@@ -87,21 +93,8 @@ class PeakMemory:
             self.mb = (_rss_kb("VmHWM") - self.base) / 1024
 
 
-def inputs(D: int, L: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Mamba-like float32 inputs (A = -exp(log(1..N)), Δ = softplus(N(0,1) + softplus^-1(dt)), dt in [1e-3, 0.1])."""
-    g = torch.Generator().manual_seed(seed)
-    dt = torch.exp(torch.rand(D, generator=g) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-    x = dict(
-        u=torch.randn(BATCH, D, L, generator=g),
-        delta=torch.randn(BATCH, D, L, generator=g),
-        A=-torch.arange(1, N + 1, dtype=torch.float32).repeat(D, 1),
-        B=torch.randn(BATCH, N, L, generator=g),
-        C=torch.randn(BATCH, N, L, generator=g),
-        D=torch.ones(D),
-        z=torch.randn(BATCH, D, L, generator=g),
-        delta_bias=dt + torch.log(-torch.expm1(-dt)),
-    )
-    return {k: v.to(device) for k, v in x.items()}
+def inputs(D: int, L: int, device: torch.device) -> dict[str, torch.Tensor]:
+    return mamba_like_inputs(batch=BATCH, dim=D, L=L, N=N, dtype=torch.float32, device=device)
 
 
 def bound_bytes(D: int, L: int, backward: bool) -> int:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from mm2ct.ops import available_backends, selective_scan, selective_scan_ref, set_default_backend
-from mm2ct.ops import cpu_kernel, torch_scan
+from mm2ct.ops import cpu_kernel, mamba_like_inputs, torch_scan
 from mm2ct.ops.selective_scan import ENV_VAR, resolve_backend
 
 OPTIONAL = ("D", "z", "delta_bias")
@@ -44,30 +44,9 @@ def short_torch_chunks(monkeypatch):
     monkeypatch.setattr(torch_scan, "CHUNK_ELEMENTS", 1)
 
 
-def mamba_inputs(batch=2, dim=4, L=33, N=16, dtype=torch.float64, bc="variable", groups=2, softplus=True, seed=0,
-                 device="cpu"):
-    """Random inputs shaped and scaled like a Mamba layer's at init (docs/method.md §6.2)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float64)
-
-    A_log = torch.log(torch.arange(1, N + 1, dtype=torch.float64)).repeat(dim, 1)  # (dim, N)
-    dt_init = torch.exp(torch.rand(dim, generator=g, dtype=torch.float64) * (math.log(0.1) - math.log(1e-3))
-                        + math.log(1e-3))
-    x = dict(
-        u=randn(batch, dim, L),
-        delta=randn(batch, dim, L) if softplus else F.softplus(randn(batch, dim, L)),
-        A=-torch.exp(A_log),
-        D=1 + 0.1 * randn(dim),
-        z=randn(batch, dim, L),
-        # Δ = softplus(delta + softplus^-1(dt)) with dt log-uniform in [1e-3, 1e-1]; without softplus Δ = delta + dt > 0
-        delta_bias=dt_init + torch.log(-torch.expm1(-dt_init)) if softplus else dt_init,
-    )
-    shapes = {"variable": (batch, N, L), "grouped": (batch, groups, N, L), "invariant": (dim, N)}
-    bB, bC = (bc, bc) if isinstance(bc, str) else bc
-    x["B"], x["C"] = randn(*shapes[bB]), randn(*shapes[bC])
-    return {k: v.to(dtype=dtype, device=device) for k, v in x.items()}
+def mamba_inputs(**kw):
+    """Mamba-like float64 inputs (mm2ct.ops.scan_inputs); the oracle runs on them unchanged."""
+    return mamba_like_inputs(**{"dtype": torch.float64, **kw})
 
 
 def run(fn, x, drop=(), grad=False, **kw):

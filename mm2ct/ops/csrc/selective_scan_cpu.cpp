@@ -63,7 +63,9 @@ inline void vstore(T* p, const V& v) {
 
 template <typename V, typename T>
 inline V splat(T x) {
-  return V{} + x;
+  V v;
+  for (int i = 0; i < Simd<T>::W; ++i) v[i] = x;  // a broadcast
+  return v;
 }
 
 // Pairwise sums in x86 hadd order: [a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, a6+a7, b4+b5, b6+b7].
@@ -214,7 +216,7 @@ struct Block {
   static constexpr int W = Simd<T>::W;
   static constexpr int64_t kN = NT > 0 ? NT : kMaxN;  // capacity of state-indexed arrays
   const Problem<T>& p;
-  int64_t b = 0, gj = 0, k = 0, d0 = 0, ch[W];
+  int64_t b = 0, gj = 0, k = 0, d0 = 0, ch[W], rows[W];  // rows[j]: offset of lane j's (b, channel) row
   std::vector<T> X, DT, SIG, U, DTU, Z, DY, Y, OUT2, TMP, DA, H;  // (kChunk, W) or (kChunk, N, W)
   std::vector<V> Al, Bl, Cl;                                      // (N) lane vectors: A, time-invariant B, C
 
@@ -233,7 +235,10 @@ struct Block {
     b = blk / (p.ngj * p.nbg);
     gj = (blk / p.nbg) % p.ngj;
     k = blk % p.nbg;
-    for (int j = 0; j < W; ++j) ch[j] = p.channel(gj, k, j);
+    for (int j = 0; j < W; ++j) {
+      ch[j] = p.channel(gj, k, j);
+      rows[j] = (b * p.dim + ch[j]) * p.L;
+    }
     d0 = ch[0];
     for (int64_t n = 0; n < N; ++n) {
       for (int j = 0; j < W; ++j) {
@@ -244,7 +249,7 @@ struct Block {
     }
   }
 
-  int64_t row(int j, int64_t t0) const { return (b * p.dim + ch[j]) * p.L + t0; }
+  int64_t row(int j, int64_t t0) const { return rows[j] + t0; }
 
   // (kChunk, W) buffer <- rows of a (batch, dim, L) tensor, W x W tiles at a time
   void gather(const T* src, int64_t t0, int64_t Tn, T* dst) const {
