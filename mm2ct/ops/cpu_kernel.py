@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import re
 import time
 import warnings
 from pathlib import Path
@@ -40,7 +41,9 @@ def cpu_fingerprint() -> str:
 
 
 def extension_name() -> str:
-    return f"mm2ct_selective_scan_cpu_{cpu_fingerprint()}"
+    """Cache key of the build: this CPU and this torch (the extension links against torch's C++ ABI)."""
+    torch_tag = re.sub(r"\W", "_", torch.__version__)
+    return f"mm2ct_selective_scan_cpu_{cpu_fingerprint()}_torch{torch_tag}"
 
 
 def _build() -> str:
@@ -54,6 +57,13 @@ def _build() -> str:
                 is_python_module=False, verbose=False)
 
 
+def _reason(e: Exception) -> str:
+    """One line saying why the build failed: the compiler's first error if there is one."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    errors = [line for line in lines if re.search(r"error:|not found|No such file|command not found", line)]
+    return f"{type(e).__name__}: {(errors or lines or [''])[0]}"[:300]
+
+
 def load_module():
     """The kernel's op namespace ``torch.ops.mm2ct_scan``; raises RuntimeError with the reason if it cannot be built
     (the build is attempted once per process)."""
@@ -63,8 +73,7 @@ def load_module():
         try:
             _library = _build()
         except Exception as e:  # noqa: BLE001 - compiler missing, build error, import error: all mean "fall back"
-            msg = str(e).strip().splitlines()
-            _error = f"{type(e).__name__}: {msg[-1] if msg else ''}"[:300]
+            _error = _reason(e)
         else:
             dt = time.perf_counter() - t0
             _build_note = f"built now in {dt:.0f} s" if dt > 2 else "loaded from cache"

@@ -11,6 +11,7 @@ Same signature and semantics as mamba-ssm's ``selective_scan_fn``. Backends:
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -104,19 +105,30 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
 
 # ----------------------------------------------------------------------------------------------- dispatch
-def _cuda_fn():
-    """mamba-ssm's selective_scan_fn, or raise RuntimeError saying why it cannot be used."""
+@functools.lru_cache(maxsize=None)
+def _import_mamba_ssm():
+    """(selective_scan_fn, None), or (None, why it cannot be imported); tried once per process."""
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     except Exception as e:  # noqa: BLE001 - mamba_ssm's import raises anything without its CUDA extension
-        raise RuntimeError(f"mamba_ssm not usable: {type(e).__name__}: {e}") from None
-    return selective_scan_fn
+        return None, ("mamba_ssm not installed" if isinstance(e, ModuleNotFoundError)
+                      else f"mamba_ssm not usable: {type(e).__name__}: {e}")
+    return selective_scan_fn, None
+
+
+def _cuda_fn():
+    """mamba-ssm's selective_scan_fn, or raise RuntimeError saying why it cannot be used."""
+    fn, why = _import_mamba_ssm()
+    if fn is None:
+        raise RuntimeError(f"selective_scan backend 'cuda' is unavailable: {why}")
+    return fn
 
 
 def _cpu_fn():
-    """The fused C++ kernel's autograd function, or raise RuntimeError saying why it cannot be used."""
+    """The fused C++ kernel's scan, or raise RuntimeError saying why it cannot be used."""
     from mm2ct.ops import cpu_kernel
 
+    cpu_kernel.load_module()
     return cpu_kernel.selective_scan_cpu
 
 
@@ -195,12 +207,12 @@ def available_backends() -> dict[str, tuple[bool, str]]:
     from mm2ct.ops import cpu_kernel
 
     out: dict[str, tuple[bool, str]] = {}
-    try:
-        _cuda_fn()
-        out["cuda"] = (torch.cuda.is_available(),
-                       "mamba_ssm kernel" if torch.cuda.is_available() else "mamba_ssm installed but no CUDA device")
-    except RuntimeError as e:
-        out["cuda"] = (False, "mamba_ssm not installed" if "ModuleNotFoundError" in str(e) else str(e))
+    fn, why = _import_mamba_ssm()
+    if fn is None:
+        out["cuda"] = (False, why)
+    else:
+        out["cuda"] = (torch.cuda.is_available(), "mamba_ssm selective_scan_fn" if torch.cuda.is_available()
+                       else "mamba_ssm installed but no CUDA device")
     out["cpu"] = cpu_kernel.status()
     out["torch"] = (True, "pure PyTorch chunked scan, any device")
     out["ref"] = (True, "sequential reference (slow; the test oracle)")

@@ -121,31 +121,64 @@ inline void transpose(Simd<double>::V* r) {
 }
 
 // ------------------------------------------------------------------------------------------------ block math
-// exp for float: Cephes polynomial (~1 ulp); inputs are clamped to [-87.3, 88.4]. The loop vectorises
-// (the build uses -fno-trapping-math so that the comparisons need no branches).
-inline void exp_block(const float* __restrict x, float* __restrict out, int64_t n) {
+// 2^x for float: x = k + f with k an integer and |f| <= 1/2; 2^f by a degree-6 polynomial (a near-minimax fit,
+// relative error about 1e-7), 2^k through the exponent bits. Inputs are clamped to [-126, 127.49]. The loop
+// vectorises (the build uses -fno-trapping-math so that the comparisons need no branches); x may alias out.
+inline void exp2_block(const float* x, float* out, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float xi = x[i];
-    const float lo = xi > -87.33654f ? xi : -87.33654f;  // max and min (exact vmaxps / vminps semantics)
-    const float v = lo < 88.3762626647949f ? lo : 88.3762626647949f;
-    const float fx = std::floor(v * 1.44269504088896341f + 0.5f);
-    const float r = v - fx * 0.693359375f + fx * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    const int32_t bits = (static_cast<int32_t>(fx) + 127) << 23;
+    const float lo = xi > -126.0f ? xi : -126.0f;  // max and min (exact vmaxps / vminps semantics)
+    const float v = lo < 127.49f ? lo : 127.49f;
+    const float k = std::floor(v + 0.5f), f = v - k;
+    float p = 1.5345810970757157e-4f;
+    p = p * f + 1.3399930903688073e-3f;
+    p = p * f + 9.618489071726799e-3f;
+    p = p * f + 5.550328642129898e-2f;
+    p = p * f + 2.4022646248340607e-1f;
+    p = p * f + 6.931471824645996e-1f;
+    p = p * f + 1.0f;
+    const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
     float scale;
     std::memcpy(&scale, &bits, sizeof(float));
-    out[i] = (p * r * r + r + 1.0f) * scale;
+    out[i] = p * scale;
   }
 }
 
-inline void exp_block(const double* __restrict x, double* __restrict out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = std::exp(x[i]);
+inline void exp2_block(const double* x, double* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = std::exp2(x[i]);
+}
+
+// The same 2^x on one vector, for use inside a loop over steps: rounding to the nearest integer k by adding
+// 1.5 * 2^23, whose low mantissa bits then hold k.
+inline Simd<float>::V vexp2(Simd<float>::V x) {
+  using V = Simd<float>::V;
+  typedef int32_t VI __attribute__((vector_size(32)));
+  const V lo = splat<V>(-126.0f), hi = splat<V>(127.49f), magic = splat<V>(12582912.0f);
+  x = x > lo ? x : lo;
+  x = x < hi ? x : hi;
+  const V t = x + magic, f = x - (t - magic);
+  V p = splat<V>(1.5345810970757157e-4f);
+  p = p * f + 1.3399930903688073e-3f;
+  p = p * f + 9.618489071726799e-3f;
+  p = p * f + 5.550328642129898e-2f;
+  p = p * f + 2.4022646248340607e-1f;
+  p = p * f + 6.931471824645996e-1f;
+  p = p * f + 1.0f;
+  const VI bits = (reinterpret_cast<const VI&>(t) - 0x4B400000 + 127) << 23;
+  return p * reinterpret_cast<const V&>(bits);
+}
+
+inline Simd<double>::V vexp2(Simd<double>::V x) {
+  for (int j = 0; j < Simd<double>::W; ++j) x[j] = std::exp2(x[j]);
+  return x;
+}
+
+// out = exp(x), through 2^(x log2 e); x may alias out.
+template <typename T>
+inline void exp_block(const T* x, T* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * T(1.44269504088896340736);
+  exp2_block(out, out, n);
 }
 
 // log1p(e) for e in [0, 1]: 2 atanh(e / (2 + e)) as a series in s^2 <= 1/9 (float), or libm (double).
@@ -218,12 +251,12 @@ struct Block {
   const Problem<T>& p;
   int64_t b = 0, gj = 0, k = 0, d0 = 0, ch[W], rows[W];  // rows[j]: offset of lane j's (b, channel) row
   std::vector<T> X, DT, SIG, U, DTU, Z, DY, Y, OUT2, TMP, DA, H;  // (kChunk, W) or (kChunk, N, W)
-  std::vector<V> Al, Bl, Cl;                                      // (N) lane vectors: A, time-invariant B, C
+  std::vector<V> Al, Al2, Bl, Cl;  // (N) lane vectors: A, A log2(e), time-invariant B, C
 
   explicit Block(const Problem<T>& p)
       : p(p), X(kChunk * W), DT(kChunk * W), SIG(kChunk * W), U(kChunk * W), DTU(kChunk * W),
         Z(kChunk * W), DY(kChunk * W), Y(kChunk * W), OUT2(kChunk * W), TMP(kChunk * std::max<int64_t>(p.N, 2) * W),
-        DA(kChunk * p.N * W), H(kChunk * p.N * W), Al(p.N), Bl(p.N), Cl(p.N) {}
+        DA(kChunk * p.N * W), H(kChunk * p.N * W), Al(p.N), Al2(p.N), Bl(p.N), Cl(p.N) {}
 
   // the state size and whether B / C are input-dependent: compile-time constants when NT > 0
   static constexpr int64_t state_size(const Problem<T>& p) { return NT > 0 ? NT : p.N; }
@@ -243,6 +276,7 @@ struct Block {
     for (int64_t n = 0; n < N; ++n) {
       for (int j = 0; j < W; ++j) {
         Al[n][j] = p.A[ch[j] * N + n];
+        Al2[n][j] = Al[n][j] * T(1.44269504088896340736);
         Bl[n][j] = p.B_var ? T(0) : p.B[ch[j] * N + n];
         Cl[n][j] = p.C_var ? T(0) : p.C[ch[j] * N + n];
       }
@@ -282,8 +316,9 @@ struct Block {
     }
   }
 
-  // DT, DTU, U, DA = exp(dt A) (and SIG = d dt / d delta if want_sig) for chunk c. Returns the chunk length.
-  int64_t prologue(int64_t c, bool want_sig) {
+  // DT, DTU, U (and SIG = d dt / d delta if want_sig, DA = exp(dt A) if want_decay) for chunk c.
+  // Returns the chunk length.
+  int64_t prologue(int64_t c, bool want_sig, bool want_decay) {
     const int64_t N = state_size(p);
     const int64_t t0 = c * kChunk, Tn = std::min(kChunk, p.L - t0), n_tw = Tn * W;
     gather(p.delta, t0, Tn, X.data());
@@ -299,11 +334,12 @@ struct Block {
       std::copy(X.begin(), X.begin() + n_tw, DT.begin());
     }
     for (int64_t i = 0; i < n_tw; ++i) DTU[i] = DT[i] * U[i];
+    if (!want_decay) return Tn;
     for (int64_t t = 0; t < Tn; ++t) {
       const V dt = vload<V>(&DT[t * W]);
-      for (int64_t n = 0; n < N; ++n) vstore(&TMP[(t * N + n) * W], dt * Al[n]);
+      for (int64_t n = 0; n < N; ++n) vstore(&TMP[(t * N + n) * W], dt * Al2[n]);
     }
-    exp_block(TMP.data(), DA.data(), Tn * N * W);
+    exp2_block(TMP.data(), DA.data(), Tn * N * W);  // exp(dt A)
     return Tn;
   }
 
@@ -318,18 +354,19 @@ struct Block {
   const T* C_chunk(int64_t t0) const { return C_var(p) ? p.C_rows(b, d0) + t0 * state_size(p) : nullptr; }
 
   // States of chunk c from h (the state before it); h becomes the last state. STORE_H: H[t] = h_t;
-  // WANT_Y: Y[t] = C_t · h_t.
-  template <bool STORE_H, bool WANT_Y>
+  // WANT_Y: Y[t] = C_t · h_t; DECAY_INLINE: exp(dt A) evaluated here rather than read from DA.
+  template <bool STORE_H, bool WANT_Y, bool DECAY_INLINE>
   void recur(int64_t c, int64_t Tn, V* __restrict h) {
     const int64_t N = state_size(p);
     const T* Brow = B_chunk(c * kChunk);
     const T* Crow = C_chunk(c * kChunk);
     for (int64_t t = 0; t < Tn; ++t) {
-      const V w = vload<V>(&DTU[t * W]);
+      const V w = vload<V>(&DTU[t * W]), dt = vload<V>(&DT[t * W]);
       V y{};
 #pragma GCC unroll 16
       for (int64_t n = 0; n < N; ++n) {
-        h[n] = vload<V>(&DA[(t * N + n) * W]) * h[n] + w * B_at(Brow, t, n);
+        const V a = DECAY_INLINE ? vexp2(dt * Al2[n]) : vload<V>(&DA[(t * N + n) * W]);
+        h[n] = a * h[n] + w * B_at(Brow, t, n);
         if (STORE_H) vstore(&H[(t * N + n) * W], h[n]);
         if (WANT_Y) y += C_at(Crow, t, n) * h[n];
       }
@@ -363,8 +400,8 @@ void forward(const Problem<T>& p, T* out, T* last, T* ckpt) {
       for (int64_t n = 0; n < N; ++n) h[n] = V{};
       for (int64_t c = 0; c < p.nchunks; ++c) {
         for (int64_t n = 0; n < N; ++n) vstore(&ckpt[((blk * p.nchunks + c) * N + n) * W], h[n]);
-        const int64_t Tn = k.prologue(c, false);
-        k.template recur<false, true>(c, Tn, h);
+        const int64_t Tn = k.prologue(c, false, false);
+        k.template recur<false, true, true>(c, Tn, h);
         for (int64_t t = 0; t < Tn; ++t) {
           for (int j = 0; j < W; ++j) k.Y[t * W + j] += Dl[j] * k.U[t * W + j];
         }
@@ -435,12 +472,12 @@ void backward(const Problem<T>& p, const T* ckpt, const Grads<T>& g) {
         for (int64_t c = p.nchunks - 1; c >= 0; --c) {
           const int64_t t0 = c * kChunk;
           const T* h0 = ckpt + (blk * p.nchunks + c) * N * W;
-          const int64_t Tn = k.prologue(c, p.softplus);
+          const int64_t Tn = k.prologue(c, p.softplus, true);
           for (int64_t n = 0; n < N; ++n) h[n] = vload<V>(&h0[n * W]);
           if (p.z) {
-            k.template recur<true, true>(c, Tn, h);
+            k.template recur<true, true, false>(c, Tn, h);
           } else {
-            k.template recur<true, false>(c, Tn, h);
+            k.template recur<true, false, false>(c, Tn, h);
           }
           k.gather(g.dout, t0, Tn, DOUT.data());
           // out = (y + D u) silu(z): dy (zero on padding lanes), dz
