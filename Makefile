@@ -3,7 +3,6 @@ VENV       ?= .venv
 PY         := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PROFILE    ?= demo
-export MPLBACKEND ?= Agg
 # OpenMP threads that sleep instead of spinning: small CPU models run up to 100x slower without it on a busy
 # 2-core machine (several processes, each with its own thread pool).
 export OMP_WAIT_POLICY ?= PASSIVE

@@ -39,7 +39,7 @@ def predict(tr, dataset, seed: int, device: torch.device, batch_size: int = 8, m
             progress: bool = True) -> dict[str, np.ndarray]:
     """Synthetic CT for the first ``max_slices`` slices of ``dataset`` (all by default), with one random stream
     seeded with ``seed``. Returns arrays stacked over slices: pred, ct, mask, t1, t2 ((S, H, W), [-1, 1]) and
-    patient / slice identifiers."""
+    patient / slice identifiers (``evaluate`` adds pred_hu and ct_hu in HU)."""
     from tqdm.auto import tqdm
 
     tr.eval()
@@ -58,9 +58,20 @@ def predict(tr, dataset, seed: int, device: torch.device, batch_size: int = 8, m
     return {k: (np.concatenate(v) if k not in ("patient", "slice") else np.asarray(v)) for k, v in out.items()}
 
 
-def score(pred: dict[str, np.ndarray], data_cfg) -> tuple[list[dict], list[dict]]:
-    """Per-slice paper-style rows and per-patient rows (paper-style means + SynthRAD HU metrics)."""
-    from mm2ct.data.preprocess import unit_to_hu
+def to_hu(x: np.ndarray, patient: str, meta: dict[str, Any]) -> np.ndarray:
+    """[-1, 1] CT slices of a cached patient -> HU with the cache's CT normaliser and that patient's scale
+    (``data.ct_norm = window``: the fixed HU window; ``syndiff``: the patient's volume scale)."""
+    from mm2ct.data.preprocess import IntensityNormaliser
+
+    d = dict(meta["normalisers"]["ct"])
+    d.pop("inference_scale", None)
+    scale = float(meta["patients"][patient].get("scales", {}).get("ct", 1.0))
+    return IntensityNormaliser(**d).inverse(x, scale)
+
+
+def score(pred: dict[str, np.ndarray], meta: dict[str, Any]) -> tuple[list[dict], list[dict]]:
+    """Per-slice paper-style rows and per-patient rows (paper-style means + SynthRAD HU metrics);
+    ``meta``: the slice cache's meta (CT normaliser and per-patient scales)."""
     from mm2ct.metrics import paper_metrics, synthrad_metrics
 
     slice_rows = []
@@ -71,8 +82,8 @@ def score(pred: dict[str, np.ndarray], data_cfg) -> tuple[list[dict], list[dict]
     for p in dict.fromkeys(pred["patient"]):
         idx = np.flatnonzero(pred["patient"] == p)
         idx = idx[np.argsort(pred["slice"][idx])]
-        hu_pred = unit_to_hu(pred["pred"][idx], data_cfg)  # (S, H, W)
-        hu_gt = unit_to_hu(pred["ct"][idx], data_cfg)
+        hu_pred = to_hu(pred["pred"][idx], str(p), meta)  # (S, H, W)
+        hu_gt = to_hu(pred["ct"][idx], str(p), meta)
         mask = pred["mask"][idx] > 0
         hu = synthrad_metrics(hu_pred, hu_gt, mask) if len(idx) >= 7 else \
             _slicewise_synthrad(hu_pred, hu_gt, mask)
@@ -115,7 +126,9 @@ def evaluate(ws: Workspace, model: str, seed: int | None = None, split: str = "t
     dataset = SliceDataset(ensure_cache(ws), split, paired=True)
     pred = predict(tr, dataset, ws.cfg.eval.seed, device, batch_size=max(1, cfg.train.batch_size),
                    max_slices=ws.cfg.eval.max_test_slices, progress=progress)
-    slice_rows, patient_rows = score(pred, cfg.data)
+    pred["pred_hu"] = np.stack([to_hu(x, str(p), dataset.meta) for x, p in zip(pred["pred"], pred["patient"])])
+    pred["ct_hu"] = np.stack([to_hu(x, str(p), dataset.meta) for x, p in zip(pred["ct"], pred["patient"])])
+    slice_rows, patient_rows = score(pred, dataset.meta)
     out = run / "eval"
     out.mkdir(exist_ok=True)
     _write_csv(out / "slices.csv", slice_rows)

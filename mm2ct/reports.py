@@ -472,7 +472,7 @@ def load_predictions(ws: Workspace, models: list[str], seed: int | None = None) 
                 out[m] = {k: z[k] for k in z.files}
         except (OSError, ValueError) as e:
             raise ValueError(f"{path}: unreadable predictions ({e})") from None
-        need = {"pred", "ct", "mask", "t1", "t2", "patient", "slice"} - set(out[m])
+        need = {"pred", "ct", "mask", "t1", "t2", "pred_hu", "ct_hu", "patient", "slice"} - set(out[m])
         if need:
             raise ValueError(f"{path}: lacks {sorted(need)}; re-run `{_make_command(ws, m, seed, True)}`")
     return out
@@ -500,8 +500,6 @@ def figure4(ws: Workspace, models: list[str] | None = None, seed: int | None = N
     below each synthetic CT its |sCT - CT| map (``ERROR_WINDOW``), MAE in the body mask in the panel title."""
     from matplotlib.figure import Figure
 
-    from mm2ct.data.preprocess import unit_to_hu
-
     models = list(models or [s.model for s in TABLE1])
     seed = int(ws.cfg.train.seeds[0] if seed is None else seed)
     preds = load_predictions(ws, models, seed)
@@ -517,7 +515,7 @@ def figure4(ws: Workspace, models: list[str] | None = None, seed: int | None = N
     for r, key in enumerate(picked):
         i0 = index[first][key]
         d0 = preds[first]
-        ct_hu = unit_to_hu(d0["ct"][i0], ws.cfg.data)
+        ct_hu = d0["ct_hu"][i0]
         mask = d0["mask"][i0] > 0
         top, bottom = axes[2 * r], axes[2 * r + 1]
         for c, mod in enumerate(("t1", "t2")):
@@ -527,7 +525,7 @@ def figure4(ws: Workspace, models: list[str] | None = None, seed: int | None = N
             top[c].set_title(mod.upper(), fontsize=7)
         for c, m in enumerate(models, start=2):
             i = index[m][key]
-            hu = unit_to_hu(preds[m]["pred"][i], ws.cfg.data)
+            hu = preds[m]["pred_hu"][i]
             err = np.abs(hu - ct_hu)
             mae = float(err[mask].mean()) if mask.any() else math.nan
             im_hu = top[c].imshow(hu, cmap="gray", vmin=HU_WINDOW[0], vmax=HU_WINDOW[1])

@@ -264,6 +264,7 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
     if world > 1:
         dist.barrier()
     train_set = SliceDataset(cache, "train", paired=not cfg.data.unpaired, seed=seed)
+    normalisers = train_set.meta["normalisers"]  # carried by every checkpoint: inference needs no cache
     val_set = SliceDataset(cache, "val", paired=True, seed=seed)
 
     seed_everything(seed)
@@ -355,11 +356,11 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
                                                "seconds": round(seconds, 1)}])
                 if psnr > best_psnr or best_epoch < 0:
                     best_psnr, best_epoch = psnr, epoch
-                    atomic_save(_checkpoint(tr, ema, None, model, cfg, epoch, step, best_psnr, best_epoch,
+                    atomic_save(_checkpoint(tr, ema, None, normalisers, model, cfg, epoch, step, best_psnr, best_epoch,
                                             seconds, commit, seed), out / "best.pt")
                 log(f"{model}: epoch {epoch}/{tc.epochs}  val PSNR {psnr:.2f} dB  (best {best_psnr:.2f} @ "
                     f"{best_epoch})  {seconds:.0f} s")
-            atomic_save(_checkpoint(tr, ema, (opt_g, opt_d, sched_g, sched_d), model, cfg, epoch, step, best_psnr,
+            atomic_save(_checkpoint(tr, ema, (opt_g, opt_d, sched_g, sched_d), normalisers, model, cfg, epoch, step, best_psnr,
                                     best_epoch, seconds, commit, seed), last)
         if world > 1:
             dist.barrier()
@@ -368,8 +369,10 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
     return RunResult(model, seed, out, best_psnr, best_epoch, epoch, step, seconds)
 
 
-def _checkpoint(tr, ema, opts, model, cfg, epoch, step, best_psnr, best_epoch, seconds, commit, seed) -> dict:
+def _checkpoint(tr, ema, opts, normalisers, model, cfg, epoch, step, best_psnr, best_epoch, seconds, commit,
+                seed) -> dict:
     ckpt = {"format": CHECKPOINT_FORMAT, "model": model, "config": cfg.to_dict(), "translator": tr.state_dict(),
+            "normalisers": normalisers,
             "ema": ema.state_dict(), "epoch": epoch, "step": step, "best_psnr": best_psnr, "best_epoch": best_epoch,
             "seconds": seconds, "git_commit": commit, "seed": seed, "torch": torch.__version__}
     if opts is not None:

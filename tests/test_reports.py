@@ -142,7 +142,10 @@ def _predictions(ws, model, seed, rng, n_pat=2, n_sl=5, size=32, offset=0.0):
             sl.append(s)
     ct = np.stack(ct).astype(np.float32)
     pred = np.clip(ct + offset + 0.05 * rng.standard_normal(ct.shape), -1, 1).astype(np.float32)
+    from mm2ct.data.preprocess import unit_to_hu
+
     np.savez_compressed(ev / "predictions.npz", pred=pred, ct=ct, mask=np.stack(mask), t1=ct * 0.5, t2=-ct,
+                        pred_hu=unit_to_hu(pred, ws.cfg.data), ct_hu=unit_to_hu(ct, ws.cfg.data),
                         patient=np.asarray(pat), slice=np.asarray(sl))
 
 
