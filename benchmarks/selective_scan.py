@@ -147,7 +147,9 @@ def main(argv=None) -> int:
     status = available_backends()
     backends = [b for b in (("cuda", "torch") if device.type == "cuda" else ("cpu", "torch")) if status[b][0]]
     bw = memory_bandwidth_gbs(device)
-    print(f"device {device} ({torch.get_num_threads()} threads), memory bandwidth {bw:.1f} GB/s (copy)")
+    load_start = os.getloadavg()[0]
+    print(f"device {device} ({torch.get_num_threads()} threads), memory bandwidth {bw:.1f} GB/s (copy), "
+          f"load average {load_start:.1f} (other processes slow every number down)")
     for name, (ok, why) in status.items():
         print(f"  {name:<6} {'yes' if ok else 'no '}  {why}")
 
@@ -180,7 +182,8 @@ def main(argv=None) -> int:
               f"{speed:>10}{r['bound_ratio']:>9.1f}{r['peak_mb']:>9.0f}")
     print("x ref: speed-up over the sequential reference ('~': reference time estimated by linear scaling in L from "
           "the smallest L); x bound: time / (bytes moved once / copy bandwidth); peak MB: "
-          + ("CUDA max_memory_allocated increase" if device.type == "cuda" else "peak RSS increase (VmHWM)"))
+          + ("CUDA max_memory_allocated increase" if device.type == "cuda" else "peak RSS increase (VmHWM)")
+          + f"; load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     if args.json:
         keys = ("backend", "B", "D", "L", "N", "pass", "ms", "speedup_vs_ref", "bound_ratio", "peak_mb")
         tmp = args.json.with_suffix(args.json.suffix + ".tmp")
