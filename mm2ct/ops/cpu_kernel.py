@@ -8,6 +8,7 @@ If the build fails (no compiler, ...) the ``auto`` backend warns once and falls 
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import re
 import time
@@ -69,14 +70,14 @@ def load_module():
     (the build is attempted once per process)."""
     global _library, _error, _build_note
     if _library is None and _error is None:
-        t0 = time.perf_counter()
+        t0 = time.time()
         try:
             _library = _build()
         except Exception as e:  # noqa: BLE001 - compiler missing, build error, import error: all mean "fall back"
             _error = _reason(e)
         else:
-            dt = time.perf_counter() - t0
-            _build_note = f"built now in {dt:.0f} s" if dt > 2 else "loaded from cache"
+            built = os.path.getmtime(_library) >= t0 - 1  # a fresh .so, not the cached one
+            _build_note = f"built now in {time.time() - t0:.0f} s" if built else "loaded from cache"
     if _library is None:
         raise RuntimeError(f"the fused C++ selective-scan kernel is unavailable ({_error})")
     return torch.ops.mm2ct_scan

@@ -5,9 +5,9 @@
 // Work is split into blocks of W channels of one batch element (W = one 32-byte SIMD vector: 8 floats or 4
 // doubles), one channel per SIMD lane, so the N-state is N vector registers and y_t = C_t · h_t is a sum of vertical
 // FMAs (B_t and C_t are shared by the channels of a group). Blocks run in parallel (at::parallel_for); time runs
-// sequentially in chunks of kChunk steps: exp(dt A) is evaluated for a whole chunk at once (a vectorised loop), the
-// forward stores the state at each chunk start (a checkpoint), and the backward sweeps the chunks in reverse,
-// recomputing each chunk's states from its checkpoint.
+// sequentially in chunks of kChunk steps. exp(dt A), the bulk of the arithmetic, is a polynomial 2^x on whole
+// vectors. The forward stores the state at each chunk start (a checkpoint); the backward sweeps the chunks in
+// reverse, recomputing each chunk's states (and their decays, for the whole chunk at once) from its checkpoint.
 //
 // Layouts (all contiguous): u, delta, z, out: (batch, dim, L); A: (dim, N); D, delta_bias: (dim);
 // B, C: (batch, G, L, N) input-dependent (G groups of dim/G channels; note L before N) or (dim, N) time-invariant.
@@ -250,12 +250,12 @@ struct Block {
   static constexpr int64_t kN = NT > 0 ? NT : kMaxN;  // capacity of state-indexed arrays
   const Problem<T>& p;
   int64_t b = 0, gj = 0, k = 0, d0 = 0, ch[W], rows[W];  // rows[j]: offset of lane j's (b, channel) row
-  std::vector<T> X, DT, SIG, U, DTU, Z, DY, Y, OUT2, TMP, DA, H;  // (kChunk, W) or (kChunk, N, W)
+  std::vector<T> X, DT, SIG, U, DTU, Z, DY, Y, SZ, TMP, DA, H;  // (kChunk, W) or (kChunk, N, W)
   std::vector<V> Al, Al2, Bl, Cl;  // (N) lane vectors: A, A log2(e), time-invariant B, C
 
   explicit Block(const Problem<T>& p)
       : p(p), X(kChunk * W), DT(kChunk * W), SIG(kChunk * W), U(kChunk * W), DTU(kChunk * W),
-        Z(kChunk * W), DY(kChunk * W), Y(kChunk * W), OUT2(kChunk * W), TMP(kChunk * std::max<int64_t>(p.N, 2) * W),
+        Z(kChunk * W), DY(kChunk * W), Y(kChunk * W), SZ(kChunk * W), TMP(kChunk * std::max<int64_t>(p.N, 2) * W),
         DA(kChunk * p.N * W), H(kChunk * p.N * W), Al(p.N), Al2(p.N), Bl(p.N), Cl(p.N) {}
 
   // the state size and whether B / C are input-dependent: compile-time constants when NT > 0
@@ -374,12 +374,12 @@ struct Block {
     }
   }
 
-  // Z = z of chunk c, SIG-like gate: OUT2 = sigmoid(z). Returns nothing; Z and OUT2 are (Tn, W).
+  // Z = z of chunk c and SZ = sigmoid(z), both (Tn, W).
   void gate(int64_t c, int64_t Tn) {
     gather(p.z, c * kChunk, Tn, Z.data());
     for (int64_t i = 0; i < Tn * W; ++i) TMP[i] = -Z[i];
-    exp_block(TMP.data(), OUT2.data(), Tn * W);
-    for (int64_t i = 0; i < Tn * W; ++i) OUT2[i] = T(1) / (T(1) + OUT2[i]);
+    exp_block(TMP.data(), SZ.data(), Tn * W);
+    for (int64_t i = 0; i < Tn * W; ++i) SZ[i] = T(1) / (T(1) + SZ[i]);
   }
 };
 
@@ -407,7 +407,7 @@ void forward(const Problem<T>& p, T* out, T* last, T* ckpt) {
         }
         if (p.z) {
           k.gate(c, Tn);
-          for (int64_t i = 0; i < Tn * W; ++i) k.Y[i] *= k.Z[i] * k.OUT2[i];
+          for (int64_t i = 0; i < Tn * W; ++i) k.Y[i] *= k.Z[i] * k.SZ[i];
         }
         k.scatter(k.Y.data(), c * kChunk, Tn, out);
       }
@@ -484,7 +484,7 @@ void backward(const Problem<T>& p, const T* ckpt, const Grads<T>& g) {
           if (p.z) {
             k.gate(c, Tn);
             for (int64_t t = 0; t < Tn; ++t) {
-              const V s = vload<V>(&k.OUT2[t * W]), z = vload<V>(&k.Z[t * W]), dout = vload<V>(&DOUT[t * W]);
+              const V s = vload<V>(&k.SZ[t * W]), z = vload<V>(&k.Z[t * W]), dout = vload<V>(&DOUT[t * W]);
               const V pre = vload<V>(&k.Y[t * W]) + Dl * vload<V>(&k.U[t * W]);
               vstore(&DZ[t * W], dout * pre * s * (T(1) + z * (T(1) - s)));
               vstore(&k.DY[t * W], dout * z * s * valid);
