@@ -11,6 +11,9 @@ Inputs are what a Mamba block passes at init (mm2ct.ops.mamba_like_inputs): D, z
 - bound_ratio: ms / lower bound, where the bound is the bytes that must be read and written once (inputs u, delta,
   z, B, C and output; plus dout, du, ddelta, dz, dB, dC for the backward) divided by the memory bandwidth measured
   in this run with a large tensor copy.
+- x exp (table only): time / the exp floor, the time torch.exp takes (measured in this run on a 4 MB tensor) for
+  the exp(Δ A) values the scan needs: B·D·L·N for the forward, twice that for forward + backward (the backward
+  recomputes them). On CPU this, not memory bandwidth, is the floor.
 - peak_mb: peak extra memory of one call (tracemalloc does not see torch's allocations). CPU: peak RSS (VmHWM, reset
   through /proc/self/clear_refs) minus the RSS before the call, after malloc_trim has returned freed heap memory to
   the OS, so the call's own allocations show up.
@@ -48,6 +51,20 @@ def memory_bandwidth_gbs(device: torch.device, mb: int = 256) -> float:
         _sync(device)
         times.append(time.perf_counter() - t0)
     return 2 * src.numel() * 4 / statistics.median(times[1:]) / 1e9
+
+
+def exp_ns(device: torch.device) -> float:
+    """Wall time of one float32 exp in torch.exp (all threads), in ns: median of 10 over a 4 MB tensor."""
+    x = -10 * torch.rand(2**20, device=device)
+    y = torch.empty_like(x)
+    times = []
+    for _ in range(11):
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.exp(x, out=y)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return 1e9 * statistics.median(times[1:]) / x.numel()
 
 
 def _sync(device: torch.device) -> None:
@@ -146,10 +163,10 @@ def main(argv=None) -> int:
     shapes = [(128, 1024), (128, 4096)] if args.quick else [(D, L) for D in (64, 128) for L in (1024, 4096, 16384)]
     status = available_backends()
     backends = [b for b in (("cuda", "torch") if device.type == "cuda" else ("cpu", "torch")) if status[b][0]]
-    bw = memory_bandwidth_gbs(device)
+    bw, t_exp = memory_bandwidth_gbs(device), exp_ns(device)
     load_start = os.getloadavg()[0]
     print(f"device {device} ({torch.get_num_threads()} threads), memory bandwidth {bw:.1f} GB/s (copy), "
-          f"load average {load_start:.1f} (other processes slow every number down)")
+          f"torch.exp {t_exp:.2f} ns per value, load average {load_start:.1f} (other processes slow every number)")
     for name, (ok, why) in status.items():
         print(f"  {name:<6} {'yes' if ok else 'no '}  {why}")
 
@@ -165,23 +182,27 @@ def main(argv=None) -> int:
                 ref_ms[D, pass_] = ms / L_ref
                 rows.append(dict(backend="ref", B=BATCH, D=D, L=L_ref, N=N, **{"pass": pass_}, ms=ms,
                                  speedup_vs_ref=1.0, bound_ratio=ms / (1e3 * bound_bytes(D, L_ref, backward) / (bw * 1e9)),
+                                 exp_ratio=ms / (1e-6 * t_exp * BATCH * D * L_ref * N * (2 if backward else 1)),
                                  peak_mb=mb, ref_estimated=False))
             ref = ref_ms[D, pass_] * L
             for b in backends:
                 fn = lambda backend=b, **kw: selective_scan(**kw, backend=backend)  # noqa: E731
                 ms, mb = time_call(fn, x, backward, device, args.repeats, args.budget)
+                exp_ms = 1e-6 * t_exp * BATCH * D * L * N * (2 if backward else 1)
                 rows.append(dict(backend=b, B=BATCH, D=D, L=L, N=N, **{"pass": pass_}, ms=ms, speedup_vs_ref=ref / ms,
-                                 bound_ratio=ms / bound_ms, peak_mb=mb, ref_estimated=L != L_ref))
+                                 bound_ratio=ms / bound_ms, exp_ratio=ms / exp_ms, peak_mb=mb,
+                                 ref_estimated=L != L_ref))
                 print(f"  measured {b:<5} D={D:<4} L={L:<6} {pass_:<6} {ms:9.1f} ms", file=sys.stderr)
 
     print(f"\n{'backend':<8}{'B':>3}{'D':>5}{'L':>7}{'N':>4}  {'pass':<7}{'ms':>10}{'x ref':>10}{'x bound':>9}"
-          f"{'peak MB':>9}")
+          f"{'x exp':>7}{'peak MB':>9}")
     for r in rows:
         speed = ("~" if r["ref_estimated"] else "") + f"{r['speedup_vs_ref']:.0f}"
         print(f"{r['backend']:<8}{r['B']:>3}{r['D']:>5}{r['L']:>7}{r['N']:>4}  {r['pass']:<7}{r['ms']:>10.1f}"
-              f"{speed:>10}{r['bound_ratio']:>9.1f}{r['peak_mb']:>9.0f}")
+              f"{speed:>10}{r['bound_ratio']:>9.1f}{r['exp_ratio']:>7.1f}{r['peak_mb']:>9.0f}")
     print("x ref: speed-up over the sequential reference ('~': reference time estimated by linear scaling in L from "
-          "the smallest L); x bound: time / (bytes moved once / copy bandwidth); peak MB: "
+          "the smallest L); x bound: time / (bytes moved once / copy bandwidth); x exp: time / torch.exp time for the "
+          "exp(ΔA) values (fwd+bwd: twice); peak MB: "
           + ("CUDA max_memory_allocated increase" if device.type == "cuda" else "peak RSS increase (VmHWM)")
           + f"; load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     if args.json:

@@ -2,7 +2,8 @@
 use with ``torch.utils.cpp_extension.load`` and cached in the torch extensions directory.
 
 The build uses ``-march=native``; the extension's name carries a fingerprint of this CPU (model and ISA flags), so a
-cache shared with another machine never loads code compiled for a different instruction set.
+cache shared with another machine never loads code compiled for a different instruction set, and a hash of the
+source, flags and torch, so each version of the kernel has its own cache folder (old ones can be deleted).
 If the build fails (no compiler, ...) the ``auto`` backend warns once and falls back to ``torch``.
 """
 from __future__ import annotations
@@ -42,9 +43,10 @@ def cpu_fingerprint() -> str:
 
 
 def extension_name() -> str:
-    """Cache key of the build: this CPU and this torch (the extension links against torch's C++ ABI)."""
-    torch_tag = re.sub(r"\W", "_", torch.__version__)
-    return f"mm2ct_selective_scan_cpu_{cpu_fingerprint()}_torch{torch_tag}"
+    """Cache key of the build: this CPU, and a hash of the source, the flags and the torch it links against (its
+    version and install folder), so checkouts and environments sharing one cache never rebuild each other's copy."""
+    build = SOURCE.read_bytes() + " ".join(CFLAGS).encode() + torch.__version__.encode() + torch.__file__.encode()
+    return f"mm2ct_selective_scan_cpu_{cpu_fingerprint()}_{hashlib.sha1(build).hexdigest()[:10]}"
 
 
 def _build() -> str:
@@ -52,8 +54,6 @@ def _build() -> str:
     Returns the path of the shared library."""
     from torch.utils.cpp_extension import load
 
-    if not SOURCE.is_file():
-        raise RuntimeError(f"kernel source missing: {SOURCE}")
     return load(name=extension_name(), sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
                 is_python_module=False, verbose=False)
 
