@@ -33,9 +33,8 @@ def _normalisers(cfg, case) -> dict:
 def _save_checkpoint(path, model, cfg, normalisers=None):
     torch.manual_seed(0)
     tr = build(model, cfg)
-    ck = _checkpoint(tr, EMA(tr.generators(), cfg.train.ema_decay), None, model, cfg, 1, 2, 0.0, 1, 1.0, "test", 42)
-    if normalisers is not None:
-        ck["normalisers"] = normalisers
+    ck = _checkpoint(tr, EMA(tr.generators(), cfg.train.ema_decay), None, normalisers, model, cfg, 1, 2, 0.0, 1, 1.0,
+                     "test", 42)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save(ck, path)
     return path
