@@ -227,12 +227,8 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_profile(name: str = "smoke", data_dir: str | os.PathLike | None = None, **overrides: Any) -> Config:
-    """Load a shipped profile (or a YAML file path), apply overrides, validate everything.
-
-    ``data_dir`` (or env ``MM2CT_DATA_DIR`` when not given) sets ``data.root``; overrides are nested dicts per
-    section, e.g. ``load_profile("demo", train={"epochs": 3})``.
-    """
+def _read_profile(name: str, seen: tuple[str, ...] = ()) -> tuple[Path, dict[str, Any]]:
+    """(path, raw mapping) of a profile; ``extends: OTHER`` at the top merges it onto profile OTHER."""
     path = Path(name) if str(name).endswith((".yaml", ".yml")) else profile_path(name)
     if not path.is_file():
         raise ConfigError(f"unknown profile {name!r}: no file {path} (shipped profiles: {', '.join(PROFILES)})")
@@ -240,6 +236,25 @@ def load_profile(name: str = "smoke", data_dir: str | os.PathLike | None = None,
         raw = yaml.safe_load(f) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = raw.pop("extends", None)
+    if base is not None:
+        if base in seen:
+            raise ConfigError(f"{path}: profiles extend each other in a circle ({' -> '.join((*seen, base))})")
+        _, base_raw = _read_profile(base, (*seen, str(name)))
+        base_raw.pop("profile", None)
+        raw = _merge(base_raw, raw)
+    return path, raw
+
+
+def load_profile(name: str = "smoke", data_dir: str | os.PathLike | None = None, **overrides: Any) -> Config:
+    """Load a shipped profile (or a YAML file path), apply overrides, validate everything.
+
+    A profile file may start with ``extends: NAME`` to change only some fields of another profile.
+
+    ``data_dir`` (or env ``MM2CT_DATA_DIR`` when not given) sets ``data.root``; overrides are nested dicts per
+    section, e.g. ``load_profile("demo", train={"epochs": 3})``.
+    """
+    path, raw = _read_profile(name)
     raw.setdefault("profile", path.stem)
     merged = _merge(raw, overrides)
     if data_dir is None:

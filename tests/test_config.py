@@ -64,3 +64,13 @@ def test_save_and_reload_round_trip(tmp_path) -> None:
     again = load_profile(str(tmp_path / "config.yaml"))
     assert again == cfg
     assert from_dict(cfg.to_dict()) == cfg
+
+
+def test_a_profile_can_extend_another(tmp_path) -> None:
+    seeds = load_profile("demo_seeds")
+    assert seeds.profile == "demo_seeds" and seeds.train.seeds == (42, 43, 44)
+    assert seeds.fusion == load_profile("demo").fusion
+    (tmp_path / "a.yaml").write_text(f"extends: {tmp_path / 'b.yaml'}\n")
+    (tmp_path / "b.yaml").write_text(f"extends: {tmp_path / 'a.yaml'}\n")
+    with pytest.raises(ConfigError, match="in a circle"):
+        load_profile(str(tmp_path / "a.yaml"))
