@@ -4,16 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mm2ct.config import load_profile
 from mm2ct.losses import d_step_losses, frozen, g_step_losses, r1_penalty
 from mm2ct.translators import Translator, build
 
 NAMES = ("cyclegan_t1", "syndiff_t2", "mm2ct")
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return load_profile("smoke")
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +17,8 @@ def models(cfg) -> dict[str, Translator]:
 
 
 @pytest.fixture(scope="module")
-def batch(cfg) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    s = cfg.data.image_size
-    return {k: torch.rand(2, 1, s, s, generator=g) * 2 - 1 for k in ("t1", "t2", "ct")}
+def batch(make_images) -> dict[str, torch.Tensor]:
+    return make_images(1)
 
 
 def _grads(modules: list[torch.nn.Module]) -> list[tuple[str, torch.Tensor | None]]:

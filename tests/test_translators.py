@@ -9,21 +9,14 @@ from mm2ct.translators import MODELS, MM2CT, SynDiff, Translator, build, paramet
 
 
 @pytest.fixture(scope="module")
-def cfg():
-    return load_profile("smoke")
-
-
-@pytest.fixture(scope="module")
 def models(cfg) -> dict[str, Translator]:
     torch.manual_seed(0)
     return {name: build(name, cfg) for name in MODELS}
 
 
 @pytest.fixture(scope="module")
-def sources(cfg) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    s = cfg.data.image_size
-    return {k: torch.rand(2, 1, s, s, generator=g) * 2 - 1 for k in ("t1", "t2", "ct")}
+def sources(make_images) -> dict[str, torch.Tensor]:
+    return make_images(0)
 
 
 EXPECTED = {  # name -> (class, sources, fusion (mamba, de) or None)
