@@ -124,6 +124,18 @@ inline void transpose(Simd<double>::V* r) {
 // 2^x for float: x = k + f with k an integer and |f| <= 1/2; 2^f by a degree-6 polynomial (a near-minimax fit,
 // relative error about 1e-7), 2^k through the exponent bits. Inputs are clamped to [-126, 127.49]. The loop
 // vectorises (the build uses -fno-trapping-math so that the comparisons need no branches); x may alias out.
+// 2^f for f in [-0.5, 0.5]: the degree-6 polynomial shared by the scalar and the vector exp2 below (T = float or a
+// GCC float vector; the scalar coefficients broadcast).
+template <class T>
+inline T exp2_poly(T f) {
+  T p = f * 1.5345810970757157e-4f + 1.3399930903688073e-3f;
+  p = p * f + 9.618489071726799e-3f;
+  p = p * f + 5.550328642129898e-2f;
+  p = p * f + 2.4022646248340607e-1f;
+  p = p * f + 6.931471824645996e-1f;
+  return p * f + 1.0f;
+}
+
 inline void exp2_block(const float* x, float* out, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
@@ -131,13 +143,7 @@ inline void exp2_block(const float* x, float* out, int64_t n) {
     const float lo = xi > -126.0f ? xi : -126.0f;  // max and min (exact vmaxps / vminps semantics)
     const float v = lo < 127.49f ? lo : 127.49f;
     const float k = std::floor(v + 0.5f), f = v - k;
-    float p = 1.5345810970757157e-4f;
-    p = p * f + 1.3399930903688073e-3f;
-    p = p * f + 9.618489071726799e-3f;
-    p = p * f + 5.550328642129898e-2f;
-    p = p * f + 2.4022646248340607e-1f;
-    p = p * f + 6.931471824645996e-1f;
-    p = p * f + 1.0f;
+    const float p = exp2_poly(f);
     const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
     float scale;
     std::memcpy(&scale, &bits, sizeof(float));
@@ -158,13 +164,7 @@ inline Simd<float>::V vexp2(Simd<float>::V x) {
   x = x > lo ? x : lo;
   x = x < hi ? x : hi;
   const V t = x + magic, f = x - (t - magic);
-  V p = splat<V>(1.5345810970757157e-4f);
-  p = p * f + 1.3399930903688073e-3f;
-  p = p * f + 9.618489071726799e-3f;
-  p = p * f + 5.550328642129898e-2f;
-  p = p * f + 2.4022646248340607e-1f;
-  p = p * f + 6.931471824645996e-1f;
-  p = p * f + 1.0f;
+  const V p = exp2_poly(f);
   const VI bits = (reinterpret_cast<const VI&>(t) - 0x4B400000 + 127) << 23;
   return p * reinterpret_cast<const V&>(bits);
 }
