@@ -113,6 +113,8 @@ class TrainConfig:
     seeds: tuple[int, ...] = (42,)   # several seeds -> mean +/- std in the reports
     amp: bool = False                # bf16/fp16 autocast on CUDA
     num_workers: int = 0
+    jobs: int = 1                    # CPU only: models/seeds trained at once, each in its own process with
+                                     # cores // jobs threads (small models barely gain from a 2nd thread)
     device: str = "auto"             # auto | cpu | cuda
 
 

@@ -149,3 +149,44 @@ def test_two_process_data_parallel_training_on_cpu(root, tmp_path) -> None:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
         moved += int(not torch.allclose(a[k], v))
     assert moved > 10  # the step really changed the weights
+
+
+def test_parallel_jobs_equal_one_thread_sequential_runs(root, tmp_path) -> None:
+    """train_all with 2 jobs (a spawned process per run, 1 thread each on this 2-core machine) gives exactly what
+    the runs give one after another with 1 thread; results come back in (model, seed) order."""
+    from mm2ct.data.slices import ensure_cache
+    from mm2ct.train import train_all
+
+    ensure_cache(resolve("smoke", root=root))
+    for name in ("par", "seq"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "data").symlink_to(root / "data")
+    models = ["cyclegan_t1", "syndiff_t1"]
+    par = train_all(_ws(tmp_path / "par"), models, [42], jobs=2, progress=False, log=lambda *a: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
+    logged = []
+    try:
+        seq = train_all(_ws(tmp_path / "seq"), models, [42], jobs=1, progress=False, log=logged.append)
+    finally:
+        torch.set_num_threads(threads)
+    assert [r.model for r in par] == models
+    for p, s in zip(par, seq):
+        assert (p.steps, p.best_psnr) == (s.steps, s.best_psnr)
+        a = torch.load(p.run_dir / "last.pt", weights_only=False)["ema"]
+        b = torch.load(s.run_dir / "last.pt", weights_only=False)["ema"]
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    # smoke's 4 steps with the paper's EMA decay: the run says its EMA is still the initial weights
+    assert any("warning: train.ema_decay 0.999 over 4 steps" in m for m in logged)
+    with pytest.raises(ValueError, match="train.jobs must be >= 1"):
+        train_all(_ws(tmp_path / "par"), models, [42], jobs=0)
+
+
+def test_ema_horizon_warning() -> None:
+    from mm2ct.train import ema_horizon_warning
+
+    msg = ema_horizon_warning(0.999, 90)  # the old demo: 0.999**90 = 0.914
+    assert msg is not None and "91%" in msg and "below 0.9673" in msg
+    assert ema_horizon_warning(0.95, 150) is None       # the demo profile
+    assert ema_horizon_warning(0.999, 22_500) is None   # paper scale: ~225 steps x 100 epochs
+    assert ema_horizon_warning(0.0, 10) is None
