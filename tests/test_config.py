@@ -1,6 +1,8 @@
 """Config: profile loading, validation errors, overrides and round trips."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from mm2ct.config import PROFILES, Config, ConfigError, from_dict, load_profile, save_config
@@ -70,6 +72,8 @@ def test_a_profile_can_extend_another(tmp_path) -> None:
     seeds = load_profile("demo_seeds")
     assert seeds.profile == "demo_seeds" and seeds.train.seeds == (42, 43, 44)
     assert seeds.fusion == load_profile("demo").fusion
+    long, demo = load_profile("demo_long"), load_profile("demo")
+    assert long.train.epochs == 20 and dataclasses.replace(long.train, epochs=demo.train.epochs) == demo.train
     (tmp_path / "a.yaml").write_text(f"extends: {tmp_path / 'b.yaml'}\n")
     (tmp_path / "b.yaml").write_text(f"extends: {tmp_path / 'a.yaml'}\n")
     with pytest.raises(ConfigError, match="in a circle"):
