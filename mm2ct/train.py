@@ -436,7 +436,13 @@ def train_all(ws: Workspace, models: list[str], seeds: list[int], jobs: int | No
         results: list[RunResult | None] = [None] * len(pairs)
         for fut in tqdm(cf.as_completed(futures), total=len(pairs), desc="runs", disable=not progress,
                         file=sys.stdout, dynamic_ncols=True):
-            r = fut.result()  # a failed run raises here, naming its model
+            model, seed = pairs[futures[fut]]
+            try:
+                r = fut.result()
+            except Exception as e:
+                for other in futures:  # runs not started yet are dropped; running ones finish their epoch
+                    other.cancel()
+                raise RuntimeError(f"training {model} seed {seed} failed: {type(e).__name__}: {e}") from e
             results[futures[fut]] = r
             log(f"{r.model} seed {r.seed}: best val PSNR {r.best_psnr:.2f} dB at epoch {r.best_epoch}; "
                 f"{r.steps} steps in {r.seconds:.0f} s -> {r.run_dir}")
@@ -504,8 +510,9 @@ def run(args) -> int:
     models = args.model or list(ws.cfg.train.models)
     seeds = args.seed or list(ws.cfg.train.seeds)
     try:
-        if args.jobs is not None and args.jobs > 1 or ws.cfg.train.jobs > 1:
-            train_all(ws, models, seeds, jobs=args.jobs, resume=not args.fresh, progress=not args.no_progress)
+        jobs = ws.cfg.train.jobs if args.jobs is None else args.jobs
+        if jobs != 1:
+            train_all(ws, models, seeds, jobs=jobs, resume=not args.fresh, progress=not args.no_progress)
             return 0
         for m in models:
             for s in seeds:

@@ -180,6 +180,10 @@ def test_parallel_jobs_equal_one_thread_sequential_runs(root, tmp_path) -> None:
     assert any("warning: train.ema_decay 0.999 over 4 steps" in m for m in logged)
     with pytest.raises(ValueError, match="train.jobs must be >= 1"):
         train_all(_ws(tmp_path / "par"), models, [42], jobs=0)
+    # a run that fails in its worker is named
+    with pytest.raises(RuntimeError, match="training no_such_model seed 42 failed"):
+        train_all(_ws(tmp_path / "par"), ["cyclegan_t1", "no_such_model"], [42], jobs=2, progress=False,
+                  log=lambda *a: None)
 
 
 def test_ema_horizon_warning() -> None:
