@@ -75,6 +75,19 @@ def test_resuming_with_another_config_is_refused(root) -> None:
         train(_ws(root / "c", lr_g=1e-3), "cyclegan_t1", progress=False, log=lambda *a: None)
 
 
+def test_a_checkpoint_from_before_a_new_config_field_still_resumes(root) -> None:
+    """Checkpoints saved before ``train.jobs`` existed carry no such key; they resume (and ``jobs`` itself,
+    which only says how many runs share the CPU, never blocks a resume)."""
+    ws = _ws(root / "old")
+    first = train(ws, "cyclegan_t1", progress=False, stop_after_epochs=1, log=lambda *a: None)
+    last = first.run_dir / "last.pt"
+    ckpt = torch.load(last, weights_only=False)
+    del ckpt["config"]["train"]["jobs"]
+    torch.save(ckpt, last)
+    done = train(_ws(root / "old", jobs=3), "cyclegan_t1", progress=False, log=lambda *a: None)
+    assert done.epochs == 2
+
+
 def test_bad_checkpoints_name_the_file(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
