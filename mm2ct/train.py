@@ -15,6 +15,7 @@ batches and gradients are averaged across ranks before each optimiser step; rank
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import random
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from mm2ct.config import Config, from_dict, save_config
+from mm2ct.config import Config, ConfigError, from_dict, save_config
 from mm2ct.workspace import Workspace
 
 CHECKPOINT_FORMAT = "mm2ct-checkpoint/1"
@@ -302,8 +303,10 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
         if rank == 0:
             log(f"{model}: resuming from {last} at epoch {epoch}/{tc.epochs}")
 
-    total = tc.epochs * min(len(train_set) // (tc.batch_size * world), tc.max_steps_per_epoch or 1 << 62)
-    warning = ema_horizon_warning(tc.ema_decay, total)
+    n_steps = len(train_set) // (tc.batch_size * world)  # per epoch
+    if tc.max_steps_per_epoch is not None:
+        n_steps = min(n_steps, tc.max_steps_per_epoch)
+    warning = ema_horizon_warning(tc.ema_decay, tc.epochs * n_steps)
     if warning and rank == 0 and epoch == 0:
         log(f"{model}: warning: {warning}")
     amp = tc.amp and device.type == "cuda"
@@ -313,9 +316,6 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
     while epoch < tc.epochs:
         t0 = time.time()
         train_set.set_epoch(epoch)  # unpaired: a new MR/CT shuffle per epoch, deterministic in (seed, epoch)
-        n_steps = len(train_set) // (tc.batch_size * world)
-        if tc.max_steps_per_epoch is not None:
-            n_steps = min(n_steps, tc.max_steps_per_epoch)
         bar = tqdm(_batches(train_set, tc.batch_size, seed, epoch, rank, world, tc.max_steps_per_epoch),
                    total=n_steps, desc=f"{model} epoch {epoch + 1}/{tc.epochs}", disable=not progress or rank != 0,
                    leave=False, file=sys.stdout, dynamic_ncols=True)
@@ -377,10 +377,6 @@ def same_run_config(saved: dict | None, cfg: Config) -> bool:
     """Whether a checkpoint's config trains the same run as ``cfg``. Fields a newer mm2ct added take their
     defaults (a checkpoint from before ``train.jobs`` existed still resumes); ``train.jobs`` only says how many runs
     share the CPU and is ignored."""
-    import dataclasses
-
-    from mm2ct.config import ConfigError
-
     if not isinstance(saved, dict):
         return False
     try:
@@ -402,6 +398,11 @@ def ema_horizon_warning(decay: float, total_steps: int) -> str | None:
     return (f"train.ema_decay {decay} over {total_steps} steps: the EMA weights that are validated and saved still "
             f"hold {left:.0%} of the initial weights; lower ema_decay (below {0.05 ** (1 / total_steps):.4f}) "
             f"for runs this short")
+
+
+def _summary(r: RunResult) -> str:
+    return (f"{r.model} seed {r.seed}: best val PSNR {r.best_psnr:.2f} dB at epoch {r.best_epoch}; "
+            f"{r.steps} steps in {r.seconds:.0f} s -> {r.run_dir}")
 
 
 def _worker_init(threads: int) -> None:
@@ -429,7 +430,12 @@ def train_all(ws: Workspace, models: list[str], seeds: list[int], jobs: int | No
     distributed = dist.is_available() and dist.is_initialized()
     on_gpu = pick_device(ws.cfg.train.device).type != "cpu"
     if jobs == 1 or len(pairs) == 1 or distributed or on_gpu:
-        return [train(ws, m, seed=s, resume=resume, progress=progress, log=log) for m, s in pairs]
+        results = []
+        for m, s in pairs:
+            results.append(train(ws, m, seed=s, resume=resume, progress=progress, log=log))
+            if not distributed or dist.get_rank() == 0:
+                log(_summary(results[-1]))
+        return results
 
     import concurrent.futures as cf
     import multiprocessing as mp
@@ -461,8 +467,7 @@ def train_all(ws: Workspace, models: list[str], seeds: list[int], jobs: int | No
                     other.cancel()
                 raise RuntimeError(f"training {model} seed {seed} failed: {type(e).__name__}: {e}") from e
             results[futures[fut]] = r
-            log(f"{r.model} seed {r.seed}: best val PSNR {r.best_psnr:.2f} dB at epoch {r.best_epoch}; "
-                f"{r.steps} steps in {r.seconds:.0f} s -> {r.run_dir}")
+            log(_summary(r))
     return results  # type: ignore[return-value]
 
 
@@ -527,16 +532,7 @@ def run(args) -> int:
     models = args.model or list(ws.cfg.train.models)
     seeds = args.seed or list(ws.cfg.train.seeds)
     try:
-        jobs = ws.cfg.train.jobs if args.jobs is None else args.jobs
-        if jobs != 1:
-            train_all(ws, models, seeds, jobs=jobs, resume=not args.fresh, progress=not args.no_progress)
-            return 0
-        for m in models:
-            for s in seeds:
-                r = train(ws, m, seed=s, resume=not args.fresh, progress=not args.no_progress)
-                if not dist.is_initialized() or dist.get_rank() == 0:
-                    print(f"{m} seed {s}: best val PSNR {r.best_psnr:.2f} dB at epoch {r.best_epoch}; "
-                          f"{r.steps} steps in {r.seconds:.0f} s -> {r.run_dir}")
+        train_all(ws, models, seeds, jobs=args.jobs, resume=not args.fresh, progress=not args.no_progress)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
