@@ -106,6 +106,8 @@ class TrainConfig:
     ema_decay: float = 0.999         # EMA on generators + fusion module [17]
     lambda_l1: float = 0.5           # cycle and diffusive L1 weight [18]
     lambda_cyc_cyclegan: float = 10.0  # CycleGAN baseline cycle weight
+    lambda_fusion: float = 0.0       # MM2CT: weight of MambaDFuse's fusion loss on Phi (method.md §3.5); the paper
+                                     # names none [24]; > 0 gives Phi an MR-like image from the start
     r1_gamma: float = 1.0            # R1 penalty on the diffusive discriminator
     lazy_reg: int = 10               # R1 every lazy_reg steps
     val_every: int = 1               # epochs between validations (best val PSNR picks the checkpoint) [19]

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mm2ct.fusion_loss import fusion_loss
 from mm2ct.translators import SynDiff, Translator
 
 Batch = Mapping[str, torch.Tensor]
@@ -142,9 +143,12 @@ def syndiff_g_losses(tr: SynDiff, batch: Batch, cfg) -> tuple[torch.Tensor, Logs
         L_cyc      = |G_nd_ba(CT') - x_a|_1 + |G_nd_ab(condition(MR')) - x_b|_1
 
     with CT' = G_nd_ab(condition(x_a)), MR' = G_nd_ba(x_b). Updates ``tr.generators()`` (fusion included).
+    MM2CT with ``cfg.lambda_fusion > 0`` adds lambda_fusion * L_fuse(Phi(T1, T2), T1, T2) on the real MR
+    (``mm2ct.fusion_loss``, method.md §3.5; logged as ``g_fuse`` and its three terms).
     """
     x_a, x_b = _domains(tr, batch)
-    ct_fake = tr.G_nd_ab(tr.condition(x_a))  # (B, 1, H, W)
+    cond = tr.condition(x_a)  # (B, condition_channels, H, W): Phi(T1, T2) for MM2CT
+    ct_fake = tr.G_nd_ab(cond)  # (B, 1, H, W)
     mr_fake = tr.G_nd_ba(x_b)  # (B, C_A, H, W)
     mr_fake_cond = tr.condition(mr_fake)  # (B, condition_channels, H, W)
     mr_cycle = tr.G_nd_ba(ct_fake)  # (B, C_A, H, W)
@@ -169,6 +173,10 @@ def syndiff_g_losses(tr: SynDiff, batch: Batch, cfg) -> tuple[torch.Tensor, Logs
     cyc_a, cyc_b = F.l1_loss(mr_cycle, x_a), F.l1_loss(ct_cycle, x_b)
     cyc = cyc_a + cyc_b
     loss = cfg.lambda_l1 * cyc + adv_diff + adv_nd + cfg.lambda_l1 * l1
+    if tr.family == "mm2ct" and cfg.lambda_fusion > 0:  # optional, off in the paper profile (open choice 24)
+        fuse, fuse_logs = fusion_loss(cond, x_a[:, 0:1], x_a[:, 1:2])
+        loss = loss + cfg.lambda_fusion * fuse
+        logs.update({**fuse_logs, "g_fuse": fuse.detach()})
     logs.update({"g_adv_nd_a": adv_nd_a.detach(), "g_adv_nd_b": adv_nd_b.detach(), "g_cyc_a": cyc_a.detach(),
                  "g_cyc_b": cyc_b.detach(), "g_adv_diff": adv_diff.detach(), "g_adv_nd": adv_nd.detach(),
                  "g_l1_diff": l1.detach(), "g_cyc": cyc.detach(), "g_total": loss.detach()})
