@@ -22,6 +22,8 @@ import torch
 
 from mm2ct.workspace import Workspace
 
+EVAL_FORMAT = 2  # written into summary.json; raised whenever evaluate writes new outputs, so that notebooks
+                 # re-evaluate older runs (2: MM2CT predictions carry the fused image, summaries its statistics)
 PAPER_KEYS = ("psnr", "ssim")
 HU_KEYS = ("mae_hu", "psnr_hu", "ssim_hu")
 
@@ -39,7 +41,8 @@ def predict(tr, dataset, seed: int, device: torch.device, batch_size: int = 8, m
             progress: bool = True) -> dict[str, np.ndarray]:
     """Synthetic CT for the first ``max_slices`` slices of ``dataset`` (all by default), with one random stream
     seeded with ``seed``. Returns arrays stacked over slices: pred, ct, mask, t1, t2 ((S, H, W), [-1, 1]) and
-    patient / slice identifiers (``evaluate`` adds pred_hu and ct_hu in HU)."""
+    patient / slice identifiers (``evaluate`` adds pred_hu and ct_hu in HU); MM2CT models add ``fused``, the
+    fusion module's output Φ(T1, T2) ((S, H, W), [-1, 1]) that conditions their generators."""
     from tqdm.auto import tqdm
 
     tr.eval()
@@ -51,6 +54,8 @@ def predict(tr, dataset, seed: int, device: torch.device, batch_size: int = 8, m
         items = [dataset[i] for i in range(start, min(n, start + batch_size))]
         sources = {s: torch.stack([torch.as_tensor(it[s]) for it in items]).to(device) for s in tr.sources}
         out["pred"].append(tr.translate(sources, generator=g).cpu().numpy()[:, 0])
+        if tr.family == "mm2ct":
+            out.setdefault("fused", []).append(tr.condition(tr.mr(sources)).cpu().numpy()[:, 0])
         for k in keys:
             out[k].append(np.stack([np.asarray(it[k])[0] for it in items]))
         out["patient"] += [it["patient"] for it in items]
@@ -92,6 +97,19 @@ def score(pred: dict[str, np.ndarray], meta: dict[str, Any]) -> tuple[list[dict]
                              **{k: float(np.nanmean([r[k] for r in rows])) for k in PAPER_KEYS},
                              "mae_hu": hu["mae"], "psnr_hu": hu["psnr"], "ssim_hu": hu["ssim"]})
     return slice_rows, patient_rows
+
+
+def fused_stats(pred: dict[str, np.ndarray]) -> dict[str, float]:
+    """How much of the MR the fused image Φ(T1, T2) carries, over all pixels of the evaluated slices:
+    ``fused_std`` (its spread; T1 and T2 in [-1, 1] spread about 0.5, a near-constant Φ leaves the generators
+    that read it almost unconditioned) and ``fused_corr_t1`` / ``fused_corr_t2`` (Pearson r with each source)."""
+    f = pred["fused"].astype(np.float64).ravel()
+    out = {"fused_std": float(f.std())}
+    for k in ("t1", "t2"):
+        x = pred[k].astype(np.float64).ravel()
+        ok = f.std() > 0 and x.std() > 0
+        out[f"fused_corr_{k}"] = float(np.corrcoef(f, x)[0, 1]) if ok else float("nan")
+    return out
 
 
 def _slicewise_synthrad(hu_pred, hu_gt, mask) -> dict[str, float]:
@@ -141,7 +159,7 @@ def evaluate(ws: Workspace, model: str, seed: int | None = None, split: str = "t
 
     agg = aggregate(slice_rows, keys=list(PAPER_KEYS))
     summary: dict[str, Any] = {
-        "model": model, "profile": ws.profile, "split": split, "seed": ckpt["seed"], "eval_seed": ws.cfg.eval.seed,
+        "eval_format": EVAL_FORMAT, "model": model, "profile": ws.profile, "split": split, "seed": ckpt["seed"], "eval_seed": ws.cfg.eval.seed,
         "checkpoint": str(ckpt_path), "checkpoint_epoch": ckpt["epoch"], "best_val_psnr": ckpt["best_psnr"],
         "train_seconds": round(ckpt["seconds"], 1), "train_commit": ckpt["git_commit"],
         "data": str(ws.data_root), "n_slices": len(slice_rows), "n_patients": len(patient_rows),
@@ -151,6 +169,8 @@ def evaluate(ws: Workspace, model: str, seed: int | None = None, split: str = "t
         summary[f"{k}_patient_mean"], summary[f"{k}_patient_std"] = agg[k]["patient_mean"], agg[k]["patient_std"]
     for k in HU_KEYS:
         summary[k], summary[f"{k}_std"] = _mean_std(r[k] for r in patient_rows)
+    if "fused" in pred:
+        summary.update(fused_stats(pred))
     from mm2ct.train import git_commit
 
     summary["eval_commit"] = git_commit()

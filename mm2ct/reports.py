@@ -7,6 +7,7 @@ temporary file and renamed:
     table1.csv / table1.md / table1.json     CycleGAN, SynDiff (T1, T2) vs MM2CT (T1+T2)   (docs/method.md §1.4)
     table2.csv / table2.md / table2.json     ablation: no Mamba / Mamba / Mamba + DE       (docs/method.md §1.5)
     figure4.png / figure4.pdf / figure4.txt  T1 | T2 | each model's sCT | CT, and |sCT - CT| maps in HU
+    fused.png / fused.txt                    T1 | T2 | Φ(T1, T2) of each fusion model (what its generators read)
 
 Columns: paper-style PSNR (dB) and SSIM (%) on max-normalised [0, 1] slices, mean over all test slices
 (method.md §8.5, Open choice 20), and SynthRAD2023-style MAE / PSNR / SSIM in HU inside the body mask (data.md
@@ -169,8 +170,11 @@ def _missing(ws: Workspace, wanted: list[tuple[str, int]], filename: str) -> Non
 
 def missing_runs(ws: Workspace, models: list[str], seeds: list[int] | None = None,
                  filename: str = "summary.json") -> list[tuple[str, int]]:
-    """(model, seed) pairs whose evaluation output ``filename`` is absent or older than the run's ``best.pt``:
-    what a notebook must train and/or evaluate before building a report (this module never does)."""
+    """(model, seed) pairs whose evaluation output ``filename`` is absent or older than the run's ``best.pt``, or
+    whose summary.json comes from an older ``mm2ct.evaluate.EVAL_FORMAT``: what a notebook must train and/or
+    evaluate before building a report (this module never does)."""
+    from mm2ct.evaluate import EVAL_FORMAT
+
     seeds = [int(s) for s in (ws.cfg.train.seeds if seeds is None else seeds)]
     out = []
     for m in models:
@@ -178,9 +182,18 @@ def missing_runs(ws: Workspace, models: list[str], seeds: list[int] | None = Non
             ev = _eval_dir(ws, m, s)
             best = ev.parent / "best.pt"
             f = ev / filename
-            if not f.is_file() or (best.is_file() and best.stat().st_mtime > f.stat().st_mtime):
+            if not f.is_file() or (best.is_file() and best.stat().st_mtime > f.stat().st_mtime) \
+                    or _eval_format(ev / "summary.json") < EVAL_FORMAT:
                 out.append((m, s))
     return out
+
+
+def _eval_format(path: Path) -> int:
+    """The ``eval_format`` of a summary.json (1 before it was recorded; 0 when absent or unreadable)."""
+    try:
+        return int(json.loads(path.read_text()).get("eval_format", 1))
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def load_summaries(ws: Workspace, models: list[str], seeds: list[int] | tuple[int, ...]) -> dict:
@@ -460,6 +473,13 @@ def bar_plot(table: Table, keys: tuple[str, ...] = ("psnr", "ssim")):
 
 
 # ------------------------------------------------------------------------------------------------ Fig. 4
+def _read_summary(ws: Workspace, model: str, seed: int) -> dict:
+    """A run's summary.json, or {} when absent: optional provenance for the figures (predictions are what they
+    show)."""
+    path = _eval_dir(ws, model, seed) / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def load_predictions(ws: Workspace, models: list[str], seed: int | None = None) -> dict[str, dict[str, np.ndarray]]:
     """``{model: arrays of <run>/eval/predictions.npz}``; MissingRunError lists runs without predictions."""
     seed = int(ws.cfg.train.seeds[0] if seed is None else seed)
@@ -546,12 +566,8 @@ def figure4(ws: Workspace, models: list[str] | None = None, seed: int | None = N
         fig.colorbar(im_hu, ax=top.tolist(), shrink=0.9, label="HU")
         fig.colorbar(im_err, ax=bottom.tolist(), shrink=0.9, label="|error| (HU)")
 
-    summaries = {}
-    for m in models:  # summaries are optional provenance for the figure (predictions are what it shows)
-        path = _eval_dir(ws, m, seed) / "summary.json"
-        sm = json.loads(path.read_text()) if path.is_file() else {}
-        sm["_path"] = str(path.parent / "predictions.npz")
-        summaries[(m, seed)] = sm
+    summaries = {(m, seed): {**_read_summary(ws, m, seed), "_path": str(_eval_dir(ws, m, seed) / "predictions.npz")}
+                 for m in models}
     prov = provenance(ws, summaries, "Fig. 4")
     caption = (f"Fig. 4 (profile {ws.profile}, seed {seed}). Test slices (patient / slice): "
                + ", ".join(f"{p} / {s}" for p, s in picked)
@@ -577,5 +593,70 @@ def figure4(ws: Workspace, models: list[str] | None = None, seed: int | None = N
                                    {"Title": "MM2CT Fig. 4", "Subject": caption, "Keywords": meta_common,
                                     "Creator": "mm2ct.reports.figure4"}),
             "txt": _atomic_write_text(out / "figure4.txt", text),
+        }
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ fused images
+def fused_figure(ws: Workspace, models: list[str] | None = None, seed: int | None = None,
+                 n_slices: int | None = None, write: bool = True) -> Figure4:
+    """What each fusion model feeds its generators: per test slice T1 | T2 | Φ(T1, T2) of each model, all in the
+    network's [-1, 1] range with one grey window, so a low-contrast Φ shows as such. Panel titles give Φ's spread
+    and its Pearson r with T1 and T2 over all test slices (``mm2ct.evaluate.fused_stats``). Written as
+    ``fused.png`` / ``fused.txt`` (caption + provenance); the slices are Fig. 4's."""
+    from matplotlib.figure import Figure
+
+    from mm2ct.evaluate import fused_stats
+
+    models = list(models or [s.model for s in TABLE2])
+    seed = int(ws.cfg.train.seeds[0] if seed is None else seed)
+    preds = load_predictions(ws, models, seed)
+    stale = [m for m in models if "fused" not in preds[m]]
+    if stale:
+        raise ValueError("no fused image in the predictions of " + ", ".join(stale) + " (not a fusion model, or "
+                         "evaluated before mm2ct saved it); re-run "
+                         + "; ".join(f"`{_make_command(ws, m, seed, True)}`" for m in stale))
+    picked = choose_slices(preds, ws.cfg.eval.figure_slices if n_slices is None else n_slices)
+    labels = {s.model: s.method for s in TABLE2}
+    stats = {m: fused_stats(preds[m]) for m in models}
+    index = {m: {(str(p), int(s)): i for i, (p, s) in enumerate(zip(d["patient"], d["slice"]))}
+             for m, d in preds.items()}
+    ncols = 2 + len(models)
+    fig = Figure(figsize=(1.8 * ncols + 0.8, 1.9 * len(picked)), layout="constrained")
+    axes = fig.subplots(len(picked), ncols, squeeze=False)
+    im = None
+    for r, key in enumerate(picked):
+        d0, i0 = preds[models[0]], index[models[0]][key]
+        panels = [("T1", d0["t1"][i0]), ("T2", d0["t2"][i0])]
+        for m in models:
+            s = stats[m]
+            panels.append((f"Φ: {labels.get(m, m)}\nstd {s['fused_std']:.3f}, r(T1) {s['fused_corr_t1']:.2f}, "
+                           f"r(T2) {s['fused_corr_t2']:.2f}", preds[m]["fused"][index[m][key]]))
+        for ax, (title, img) in zip(axes[r], panels):
+            im = ax.imshow(img, cmap="gray", vmin=-1.0, vmax=1.0)
+            ax.set_title(title, fontsize=6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(f"{key[0]} / slice {key[1]}", fontsize=7)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="network range [-1, 1]")
+    summaries = {(m, seed): {**_read_summary(ws, m, seed), "_path": str(_eval_dir(ws, m, seed) / "predictions.npz")}
+                 for m in models}
+    prov = provenance(ws, summaries, "fused images")
+    caption = (f"Fused images Φ(T1, T2) (profile {ws.profile}, seed {seed}), the condition each fusion model's "
+               "generators read, on Fig. 4's test slices (patient / slice): "
+               + ", ".join(f"{p} / {s}" for p, s in picked) + ". Columns: T1 | T2 | "
+               + " | ".join(labels.get(m, m) for m in models) + ". One grey window [-1, 1] for every panel. "
+               "std: spread of Φ over all test pixels (T1 and T2 spread about 0.5); r: Pearson correlation with "
+               "T1 and T2. " + "; ".join(f"{m}: std {s['fused_std']:.4f}, r(T1) {s['fused_corr_t1']:.3f}, "
+                                         f"r(T2) {s['fused_corr_t2']:.3f}" for m, s in stats.items()) + ".")
+    result = Figure4(fig, axes, picked, models, caption)
+    if write:
+        out = Path(ws.reports_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        text = caption + "\n\n" + "\n".join(_provenance_lines(prov)) + "\n"
+        result.paths = {
+            "png": _atomic_savefig(fig, out / "fused.png", "png",
+                                   {"Title": "MM2CT fused images", "Description": text, "Software": "mm2ct.reports"}),
+            "txt": _atomic_write_text(out / "fused.txt", text),
         }
     return result

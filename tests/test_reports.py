@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from mm2ct import reports
+from mm2ct.evaluate import EVAL_FORMAT
 from mm2ct.train import run_dir
 from mm2ct.workspace import resolve
 
@@ -27,7 +29,7 @@ def _summary(ws, model, seed, psnr, ssim, mae=80.0, commit="abc1234"):
          "mae_hu": mae, "mae_hu_std": 4.0, "psnr_hu": psnr + 1.0, "psnr_hu_std": 0.25, "ssim_hu": 0.8125,
          "ssim_hu_std": 0.0125, "checkpoint": str(ev.parent / "best.pt"), "checkpoint_epoch": 3,
          "train_seconds": 100.0, "eval_seconds": 10.0, "train_commit": commit, "eval_commit": commit + "e",
-         "data": "/data/phantom", "n_slices": 12, "n_patients": 2}
+         "data": "/data/phantom", "n_slices": 12, "n_patients": 2, "eval_format": EVAL_FORMAT}
     (ev / "summary.json").write_text(json.dumps(s))
     return s
 
@@ -127,7 +129,23 @@ def test_missing_runs_named_with_the_command(tmp_path):
     assert not (ws.reports_dir / "table1.csv").exists()
 
 
-def _predictions(ws, model, seed, rng, n_pat=2, n_sl=5, size=32, offset=0.0):
+def test_missing_runs_lists_stale_and_older_format_evaluations(tmp_path):
+    ws = _ws(tmp_path)
+    for m in TABLE2_MODELS:
+        _summary(ws, m, 42, 20.0, 80.0)
+    assert reports.missing_runs(ws, TABLE2_MODELS) == []
+    old = run_dir(ws, "mm2ct_node", 42) / "eval" / "summary.json"
+    s = json.loads(old.read_text())
+    del s["eval_format"]   # evaluated by an mm2ct that did not record its format
+    old.write_text(json.dumps(s))
+    best = run_dir(ws, "mm2ct", 42) / "best.pt"
+    best.write_bytes(b"")   # retrained after its evaluation
+    summary = run_dir(ws, "mm2ct", 42) / "eval" / "summary.json"
+    os.utime(best, (summary.stat().st_mtime + 5,) * 2)
+    assert reports.missing_runs(ws, TABLE2_MODELS) == [("mm2ct_node", 42), ("mm2ct", 42)]
+
+
+def _predictions(ws, model, seed, rng, n_pat=2, n_sl=5, size=32, offset=0.0, fused=None):
     ev = run_dir(ws, model, seed) / "eval"
     ev.mkdir(parents=True, exist_ok=True)
     yy, xx = np.mgrid[:size, :size]
@@ -144,9 +162,10 @@ def _predictions(ws, model, seed, rng, n_pat=2, n_sl=5, size=32, offset=0.0):
     pred = np.clip(ct + offset + 0.05 * rng.standard_normal(ct.shape), -1, 1).astype(np.float32)
     from mm2ct.data.preprocess import unit_to_hu
 
+    extra = {} if fused is None else {"fused": fused(ct * 0.5, -ct).astype(np.float32)}
     np.savez_compressed(ev / "predictions.npz", pred=pred, ct=ct, mask=np.stack(mask), t1=ct * 0.5, t2=-ct,
                         pred_hu=unit_to_hu(pred, ws.cfg.data), ct_hu=unit_to_hu(ct, ws.cfg.data),
-                        patient=np.asarray(pat), slice=np.asarray(sl))
+                        patient=np.asarray(pat), slice=np.asarray(sl), **extra)
 
 
 def test_figure4_grid_files_and_provenance(tmp_path):
@@ -174,3 +193,28 @@ def test_figure4_missing_predictions(tmp_path):
     _predictions(ws, "mm2ct", 42, np.random.default_rng(0))
     with pytest.raises(reports.MissingRunError, match="cyclegan_t1"):
         reports.figure4(ws)
+
+
+def test_fused_figure_shows_each_fusion_models_condition_with_its_spread(tmp_path):
+    ws = _ws(tmp_path)
+    rng = np.random.default_rng(0)
+    faint = {"mm2ct_nomamba": 0.01, "mm2ct_node": 0.1, "mm2ct": 1.0}   # Φ = scale * T1
+    for m, scale in faint.items():
+        _predictions(ws, m, 42, rng, fused=lambda t1, t2, k=scale: k * t1)
+        _summary(ws, m, 42, 20.0, 80.0)
+    f = reports.fused_figure(ws, n_slices=2)
+    assert f.axes.shape == (2, 2 + 3) and f.models == TABLE2_MODELS
+    assert f.slices == reports.figure4(ws, models=TABLE2_MODELS, n_slices=2, write=False).slices
+    cap = (ws.reports_dir / "fused.txt").read_text()
+    t1 = np.load(run_dir(ws, "mm2ct", 42) / "eval" / "predictions.npz")["t1"]
+    assert f"mm2ct_nomamba: std {0.01 * t1.std():.4f}, r(T1) 1.000, r(T2) -1.000" in cap
+    assert f"mm2ct: std {t1.std():.4f}" in cap and "profile smoke" in cap and "abc1234" in cap
+    assert (ws.reports_dir / "fused.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(ws.reports_dir.glob(".*tmp*"))
+
+
+def test_fused_figure_names_runs_without_a_fused_image(tmp_path):
+    ws = _ws(tmp_path)
+    _predictions(ws, "mm2ct", 42, np.random.default_rng(0))   # evaluated before Φ was saved
+    with pytest.raises(ValueError, match="no fused image in the predictions of mm2ct.*mm2ct evaluate --profile"):
+        reports.fused_figure(ws, models=["mm2ct"])

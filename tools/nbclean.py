@@ -26,7 +26,7 @@ def clean(nb) -> None:
             cell.outputs = [o for o in cell.outputs if o.get("output_type") != "display_data"]
         cell.metadata.pop("execution", None)
         cell.metadata.pop("papermill", None)
-    for key in ("papermill",):
+    for key in ("papermill", "widgets"):  # widgets: progress-bar state, different on every run
         nb.metadata.pop(key, None)
 
 
