@@ -10,9 +10,9 @@ with ∇ = |Sobel_x| + |Sobel_y| (zero padding, so the map keeps its size) and |
 SSIM: Gaussian window 11 x 11, sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1, mean over the valid (unpadded)
 windows, i.e. scikit-image's ``structural_similarity(gaussian_weights=True, use_sample_covariance=False)``.
 
-Why it exists (README deviation 18): Φ starts as a near-constant image (std 0.002-0.07 against the MR's 0.5 on the
-demo profile), so the generators that read it start almost unconditioned; the loss makes Φ an MR-like fused image
-from the first steps.
+Why it exists (README, deviations): Φ starts as a near-constant image (std 0.002-0.07 on the demo profile, where T1
+and T2 have 0.42 and 0.24; ``tools/fusion_init_spread.py``), so the generators that read it start almost
+unconditioned; the loss makes Φ an MR-like fused image from the first steps.
 """
 from __future__ import annotations
 

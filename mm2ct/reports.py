@@ -619,6 +619,7 @@ def fused_figure(ws: Workspace, models: list[str] | None = None, seed: int | Non
     picked = choose_slices(preds, ws.cfg.eval.figure_slices if n_slices is None else n_slices)
     labels = {s.model: s.method for s in TABLE2}
     stats = {m: fused_stats(preds[m]) for m in models}
+    src_std = {k: float(preds[models[0]][k].astype(np.float64).std()) for k in ("t1", "t2")}
     index = {m: {(str(p), int(s)): i for i, (p, s) in enumerate(zip(d["patient"], d["slice"]))}
              for m, d in preds.items()}
     ncols = 2 + len(models)
@@ -627,7 +628,7 @@ def fused_figure(ws: Workspace, models: list[str] | None = None, seed: int | Non
     im = None
     for r, key in enumerate(picked):
         d0, i0 = preds[models[0]], index[models[0]][key]
-        panels = [("T1", d0["t1"][i0]), ("T2", d0["t2"][i0])]
+        panels = [(f"T1\nstd {src_std['t1']:.3f}", d0["t1"][i0]), (f"T2\nstd {src_std['t2']:.3f}", d0["t2"][i0])]
         for m in models:
             s = stats[m]
             panels.append((f"Φ: {labels.get(m, m)}\nstd {s['fused_std']:.3f}, r(T1) {s['fused_corr_t1']:.2f}, "
@@ -646,7 +647,7 @@ def fused_figure(ws: Workspace, models: list[str] | None = None, seed: int | Non
                "generators read, on Fig. 4's test slices (patient / slice): "
                + ", ".join(f"{p} / {s}" for p, s in picked) + ". Columns: T1 | T2 | "
                + " | ".join(labels.get(m, m) for m in models) + ". One grey window [-1, 1] for every panel. "
-               "std: spread of Φ over all test pixels (T1 and T2 spread about 0.5); r: Pearson correlation with "
+               f"std: spread over all test pixels (T1 {src_std['t1']:.3f}, T2 {src_std['t2']:.3f}); r: Pearson correlation with "
                "T1 and T2. " + "; ".join(f"{m}: std {s['fused_std']:.4f}, r(T1) {s['fused_corr_t1']:.3f}, "
                                          f"r(T2) {s['fused_corr_t2']:.3f}" for m, s in stats.items()) + ".")
     result = Figure4(fig, axes, picked, models, caption)
