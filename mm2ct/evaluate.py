@@ -102,7 +102,8 @@ def score(pred: dict[str, np.ndarray], meta: dict[str, Any]) -> tuple[list[dict]
 def fused_stats(pred: dict[str, np.ndarray]) -> dict[str, float]:
     """How much of the MR the fused image Φ(T1, T2) carries, over all pixels of the evaluated slices:
     ``fused_std`` (its spread; T1 and T2 spread 0.42 and 0.24 on the demo phantom; a near-constant Φ leaves the
-    generators that read it almost unconditioned) and ``fused_corr_t1`` / ``fused_corr_t2`` (Pearson r with each source)."""
+    generators that read it almost unconditioned) and ``fused_corr_t1`` / ``fused_corr_t2`` (Pearson r with each
+    source)."""
     f = pred["fused"].astype(np.float64).ravel()
     out = {"fused_std": float(f.std())}
     for k in ("t1", "t2"):
@@ -159,7 +160,8 @@ def evaluate(ws: Workspace, model: str, seed: int | None = None, split: str = "t
 
     agg = aggregate(slice_rows, keys=list(PAPER_KEYS))
     summary: dict[str, Any] = {
-        "eval_format": EVAL_FORMAT, "model": model, "profile": ws.profile, "split": split, "seed": ckpt["seed"], "eval_seed": ws.cfg.eval.seed,
+        "eval_format": EVAL_FORMAT, "model": model, "profile": ws.profile, "split": split, "seed": ckpt["seed"],
+        "eval_seed": ws.cfg.eval.seed,
         "checkpoint": str(ckpt_path), "checkpoint_epoch": ckpt["epoch"], "best_val_psnr": ckpt["best_psnr"],
         "train_seconds": round(ckpt["seconds"], 1), "train_commit": ckpt["git_commit"],
         "data": str(ws.data_root), "n_slices": len(slice_rows), "n_patients": len(patient_rows),
