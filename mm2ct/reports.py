@@ -647,8 +647,8 @@ def fused_figure(ws: Workspace, models: list[str] | None = None, seed: int | Non
                "generators read, on Fig. 4's test slices (patient / slice): "
                + ", ".join(f"{p} / {s}" for p, s in picked) + ". Columns: T1 | T2 | "
                + " | ".join(labels.get(m, m) for m in models) + ". One grey window [-1, 1] for every panel. "
-               f"std: spread over all test pixels (T1 {src_std['t1']:.3f}, T2 {src_std['t2']:.3f}); r: Pearson correlation with "
-               "T1 and T2. " + "; ".join(f"{m}: std {s['fused_std']:.4f}, r(T1) {s['fused_corr_t1']:.3f}, "
+               f"std: spread over all test pixels (T1 {src_std['t1']:.3f}, T2 {src_std['t2']:.3f}); r: Pearson "
+               "correlation with T1 and T2. " + "; ".join(f"{m}: std {s['fused_std']:.4f}, r(T1) {s['fused_corr_t1']:.3f}, "
                                          f"r(T2) {s['fused_corr_t2']:.3f}" for m, s in stats.items()) + ".")
     result = Figure4(fig, axes, picked, models, caption)
     if write:

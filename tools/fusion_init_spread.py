@@ -3,8 +3,8 @@ T1 and T2 on a profile's validation slices, for a few initialisation seeds of ea
 
     .venv/bin/python tools/fusion_init_spread.py [PROFILE] [SEED ...]      (default: demo 0 1 2)
 
-T1 and T2 in [-1, 1] spread 0.42 and 0.24 on the demo phantom. A Φ that spreads a few hundredths leaves the generators that read it almost
-unconditioned until they learn to amplify it (README, Results). Trained runs record the same numbers in
+T1 and T2 in [-1, 1] spread 0.42 and 0.24 on the demo phantom. A Φ that spreads a few hundredths leaves the
+generators that read it almost unconditioned until they learn to amplify it (README, Results). Trained runs record the same numbers in
 ``eval/summary.json`` (``fused_std``, ``fused_corr_t1``, ``fused_corr_t2``).
 """
 from __future__ import annotations
