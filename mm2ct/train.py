@@ -285,7 +285,7 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
             (out / stale).unlink(missing_ok=True)
     if resume and last.is_file():
         ckpt = torch.load(last, map_location=device, weights_only=False)
-        if ckpt.get("model") != model or not same_run_config(ckpt.get("config"), cfg):
+        if ckpt.get("model") != model or not same_run_config(ckpt.get("config"), cfg, model):
             raise ValueError(f"{last}: was trained with another model or config; use a fresh run folder or "
                              f"delete it (resume=False overwrites)")
         tr.load_state_dict(ckpt["translator"])
@@ -373,17 +373,24 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
     return RunResult(model, seed, out, best_psnr, best_epoch, epoch, step, seconds)
 
 
-def same_run_config(saved: dict | None, cfg: Config) -> bool:
-    """Whether a checkpoint's config trains the same run as ``cfg``. Fields a newer mm2ct added take their
-    defaults (a checkpoint from before ``train.jobs`` existed still resumes); ``train.jobs`` only says how many runs
-    share the CPU and is ignored."""
+def same_run_config(saved: dict | None, cfg: Config, model: str | None = None) -> bool:
+    """Whether a checkpoint's config trains the same run of ``model`` as ``cfg``. Fields a newer mm2ct added take
+    their defaults (a checkpoint from before ``train.jobs`` existed still resumes); ``train.jobs`` only says how
+    many runs share the CPU and is ignored; so are the fusion settings (``fusion``, ``train.lambda_fusion``) for
+    a model without a fusion module (CycleGAN, SynDiff)."""
     if not isinstance(saved, dict):
         return False
     try:
         old = from_dict(saved)
     except ConfigError:  # a field this version no longer knows
         return False
-    return dataclasses.replace(old, train=dataclasses.replace(old.train, jobs=cfg.train.jobs)) == cfg
+    from mm2ct.translators import MODELS
+
+    same = {"jobs": cfg.train.jobs}
+    if model is not None and MODELS[model][0] != "mm2ct":
+        same["lambda_fusion"] = cfg.train.lambda_fusion
+        old = dataclasses.replace(old, fusion=cfg.fusion)
+    return dataclasses.replace(old, train=dataclasses.replace(old.train, **same)) == cfg
 
 
 def ema_horizon_warning(decay: float, total_steps: int) -> str | None:

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 
 import pytest
 import torch
 
-from mm2ct.train import EMA, load_checkpoint, run_dir, seed_everything, train
+from mm2ct.config import load_profile
+from mm2ct.train import EMA, load_checkpoint, run_dir, same_run_config, seed_everything, train
 from mm2ct.translators import build
 from mm2ct.workspace import resolve
 
@@ -86,6 +88,19 @@ def test_a_checkpoint_from_before_a_new_config_field_still_resumes(root) -> None
     torch.save(ckpt, last)
     done = train(_ws(root / "old", jobs=3), "cyclegan_t1", progress=False, log=lambda *a: None)
     assert done.epochs == 2
+
+
+def test_fusion_settings_do_not_block_models_without_fusion() -> None:
+    """A finished SynDiff run stays valid when only the fusion settings change (it has no fusion module); an
+    MM2CT run does not."""
+    cfg = load_profile("smoke")
+    saved = cfg.to_dict()
+    changed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lambda_fusion=0.01),
+                                  fusion=dataclasses.replace(cfg.fusion, embed_dim=8))
+    assert same_run_config(saved, changed, "syndiff_t2") and same_run_config(saved, changed, "cyclegan_t1")
+    assert not same_run_config(saved, changed, "mm2ct") and not same_run_config(saved, changed, "mm2ct_nomamba")
+    other = dataclasses.replace(changed, train=dataclasses.replace(changed.train, lr_g=1e-3))
+    assert not same_run_config(saved, other, "syndiff_t2")   # anything else still counts
 
 
 def test_bad_checkpoints_name_the_file(tmp_path) -> None:
