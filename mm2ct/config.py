@@ -103,6 +103,8 @@ class TrainConfig:
     beta1: float = 0.5               # Adam betas (SynDiff)
     beta2: float = 0.9
     lr_min: float = 1.0e-5           # cosine decay floor
+    lr_schedule_epochs: int | None = None  # period of the cosine decay in epochs (None: epochs). A short run
+                                     # with 100 here follows the first epochs of the paper's 100-epoch schedule
     ema_decay: float = 0.999         # EMA on generators + fusion module [17]
     lambda_l1: float = 0.5           # cycle and diffusive L1 weight [18]
     lambda_cyc_cyclegan: float = 10.0  # CycleGAN baseline cycle weight

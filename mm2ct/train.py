@@ -1,8 +1,8 @@
 """Training loop for every translator (docs/method.md §2.6-2.7, §8.4): SynDiff's losses and schedule.
 
 One step = discriminator step (diffusive + non-diffusive losses, lazy R1) then generator step
-(``mm2ct.losses``), Adam (beta1, beta2) for both, cosine decay per epoch to ``lr_min``, EMA of the generators
-(fusion module included). Validation PSNR (paper-style, EMA weights) picks ``best.pt``.
+(``mm2ct.losses``), Adam (beta1, beta2) for both, cosine decay per epoch to ``lr_min`` over ``lr_schedule_epochs``
+(default: ``epochs``), EMA of the generators (fusion module included). Validation PSNR (paper-style, EMA weights) picks ``best.pt``.
 
 A run lives in ``runs/<profile>/<model>/`` (``<model>-seed<S>`` for extra seeds): ``last.pt`` (written
 atomically at the end of every epoch: model, EMA, optimisers, schedulers, RNG states, step, config), ``best.pt``,
@@ -274,8 +274,9 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
     betas = (tc.beta1, tc.beta2)
     opt_g = torch.optim.Adam([p for m in gens for p in m.parameters()], lr=tc.lr_g, betas=betas)
     opt_d = torch.optim.Adam([p for m in discs for p in m.parameters()], lr=tc.lr_d, betas=betas)
-    sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, T_max=tc.epochs, eta_min=tc.lr_min)
-    sched_d = torch.optim.lr_scheduler.CosineAnnealingLR(opt_d, T_max=tc.epochs, eta_min=tc.lr_min)
+    period = tc.lr_schedule_epochs or tc.epochs
+    sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, T_max=period, eta_min=tc.lr_min)
+    sched_d = torch.optim.lr_scheduler.CosineAnnealingLR(opt_d, T_max=period, eta_min=tc.lr_min)
     ema = EMA(gens, tc.ema_decay)
     epoch, step, best_psnr, best_epoch, seconds = 0, 0, -math.inf, -1, 0.0
 

@@ -103,6 +103,24 @@ def test_fusion_settings_do_not_block_models_without_fusion() -> None:
     assert not same_run_config(saved, other, "syndiff_t2")   # anything else still counts
 
 
+def test_cosine_schedule_period(root) -> None:
+    """Cosine decay per epoch over train.epochs, or over lr_schedule_epochs when set (a short run then follows the
+    start of a longer schedule)."""
+    import math
+
+    def lrs(run):
+        with open(run.run_dir / "log.csv") as f:
+            return sorted({(int(r["epoch"]), float(r["lr_g"])) for r in csv.DictReader(f)})
+
+    base = _ws(root / "sched")
+    lr, low = base.cfg.train.lr_g, base.cfg.train.lr_min
+    own = lrs(train(base, "cyclegan_t1", progress=False, log=lambda *a: None))
+    assert own[0] == (1, pytest.approx(lr)) and own[1] == (2, pytest.approx(low + (lr - low) / 2))   # period 2
+    paper = lrs(train(_ws(root / "sched100", lr_schedule_epochs=100), "cyclegan_t1", progress=False,
+                      log=lambda *a: None))
+    assert paper[1] == (2, pytest.approx(low + (lr - low) * (1 + math.cos(math.pi / 100)) / 2))
+
+
 def test_bad_checkpoints_name_the_file(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
