@@ -37,16 +37,17 @@ CHECKPOINT_FORMAT = "mm2ct-checkpoint/1"
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
-def git_commit() -> str:
-    """The checkout's commit (with ``+dirty`` when it has uncommitted changes), or ``unknown``."""
+def git_commit(root: str | os.PathLike | None = None) -> str:
+    """The checkout's commit (with ``+dirty`` when it has uncommitted changes outside ``reports/``, whose tracked
+    artefacts a reproduction itself rewrites), or ``unknown``."""
     from mm2ct import repo_root
 
     try:
-        root = repo_root()
+        root = repo_root() if root is None else root
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
         return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -121,6 +121,29 @@ def test_cosine_schedule_period(root) -> None:
     assert paper[1] == (2, pytest.approx(low + (lr - low) * (1 + math.cos(math.pi / 100)) / 2))
 
 
+def test_git_commit_is_dirty_for_code_changes_not_for_reports(tmp_path) -> None:
+    import subprocess
+
+    from mm2ct.train import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "table1.md").write_text("old")
+    (tmp_path / "code.py").write_text("x = 1")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    clean = git_commit(tmp_path)
+    assert len(clean) >= 7 and "+dirty" not in clean
+    (tmp_path / "reports" / "table1.md").write_text("new")   # a reproduction rewriting its artefacts
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2")
+    assert git_commit(tmp_path) == clean + "+dirty"
+
+
 def test_bad_checkpoints_name_the_file(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
