@@ -2,7 +2,8 @@
 
 One step = discriminator step (diffusive + non-diffusive losses, lazy R1) then generator step
 (``mm2ct.losses``), Adam (beta1, beta2) for both, cosine decay per epoch to ``lr_min`` over ``lr_schedule_epochs``
-(default: ``epochs``), EMA of the generators (fusion module included). Validation PSNR (paper-style, EMA weights) picks ``best.pt``.
+(default: ``epochs``), EMA of the generators (fusion module included). Validation PSNR (paper-style, EMA weights)
+picks ``best.pt``.
 
 A run lives in ``runs/<profile>/<model>/`` (``<model>-seed<S>`` for extra seeds): ``last.pt`` (written
 atomically at the end of every epoch: model, EMA, optimisers, schedulers, RNG states, step, config), ``best.pt``,

@@ -96,6 +96,27 @@ def test_table1_seed_mean_std_and_ordering_flag(tmp_path):
     assert "on ssim: does not hold for every seed (seed 1: yes, seed 2: no)" in csv
 
 
+def test_table1_also_checks_the_papers_comparison_with_syndiff(tmp_path):
+    """CycleGAN best on PSNR: the issue's criterion fails there, the paper's (MM2CT > best SynDiff) holds."""
+    ws = _ws(tmp_path)
+    psnr = {"cyclegan_t1": 21.0, "cyclegan_t2": 24.5, "syndiff_t1": 22.0, "syndiff_t2": 23.0, "mm2ct": 24.0}
+    for m, p in psnr.items():
+        _summary(ws, m, 42, p, 80.0, mae=70.0 if m == "mm2ct" else 80.0)
+    t = reports.table1(ws)
+    assert t.ordering["psnr"]["all_seeds"] is False and t.ordering["psnr"]["per_seed"][42]["best_single"] == \
+        "cyclegan_t2"
+    vs = t.ordering["vs_syndiff"]
+    assert vs["psnr"]["all_seeds"] is True and vs["psnr"]["per_seed"][42]["best_single"] == "syndiff_t2"
+    assert vs["mae_hu"]["all_seeds"] is True and vs["ssim"]["all_seeds"] is False   # SSIM tied: not better
+    md = (ws.reports_dir / "table1.md").read_text()
+    assert "**Ordering (MM2CT (T1+T2) > best SynDiff, the paper's best baseline)**" in md
+    assert md.index("best single-modality model)**") < md.index("the paper's best baseline)**")
+    csv = (ws.reports_dir / "table1.csv").read_text()
+    assert "# ordering MM2CT (T1+T2) > best SynDiff, the paper's best baseline on psnr: holds for every seed" in csv
+    side = json.loads((ws.reports_dir / "table1.json").read_text())
+    assert side["ordering"]["vs_syndiff"]["psnr"]["per_seed"]["42"]["holds"] is True
+
+
 def test_table2_rows_and_paper(tmp_path):
     ws = _ws(tmp_path)
     for m, p in zip(TABLE2_MODELS, (22.0, 23.0, 24.0)):
