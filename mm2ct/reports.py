@@ -333,6 +333,11 @@ def _ordering_table1(per_seed: dict, seeds: list[int]) -> dict[str, Any]:
     return out
 
 
+def _orderings(ordering: dict) -> list[dict]:
+    """The ordering checks of a table: its own, then Table 1's check against SynDiff when present."""
+    return [ordering, *([ordering["vs_syndiff"]] if "vs_syndiff" in ordering else [])]
+
+
 def _ordering_table2(per_seed: dict, seeds: list[int]) -> dict[str, Any]:
     chain = [spec.model for spec in TABLE2]
     out: dict[str, Any] = {"claim": " < ".join(chain) + " (each row better than the previous)"}
@@ -368,7 +373,7 @@ def _markdown(title: str, rows: list[dict], specs: tuple[RowSpec, ...], ordering
               "PSNR / SSIM (%): paper style — each slice mapped to [0, 1] and divided by its maximum, data range 1, "
               "mean over all test slices (method.md §8.5). MAE / PSNR HU / SSIM HU: SynthRAD2023 style in the "
               "body mask, window [-1024, 3000] HU, mean over test patients (data.md §2.3).", ""]
-    for order in (ordering, *([ordering["vs_syndiff"]] if "vs_syndiff" in ordering else [])):
+    for order in _orderings(ordering):
         lines.append(f"**Ordering ({order['claim']})**, per seed:")
         lines.append("")
         for key, _, label, _ in METRICS:
@@ -388,7 +393,7 @@ def _csv(rows: list[dict], prov: dict, ordering: dict) -> str:
     import pandas as pd
 
     head = [f"# {ln}" for ln in _provenance_lines(prov)]
-    for order in (ordering, *([ordering["vs_syndiff"]] if "vs_syndiff" in ordering else [])):
+    for order in _orderings(ordering):
         for key, _, label, _ in METRICS:
             head.append(f"# ordering {order['claim']} on {key}: "
                         f"{'holds' if order[key]['all_seeds'] else 'does not hold'} for every seed ("
@@ -484,11 +489,15 @@ def bar_plot(table: Table, keys: tuple[str, ...] = ("psnr", "ssim")):
 
 
 # ------------------------------------------------------------------------------------------------ Fig. 4
-def _read_summary(ws: Workspace, model: str, seed: int) -> dict:
-    """A run's summary.json, or {} when absent: optional provenance for the figures (predictions are what they
-    show)."""
-    path = _eval_dir(ws, model, seed) / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _figure_summaries(ws: Workspace, models: list[str], seed: int) -> dict:
+    """``{(model, seed): summary.json or {}}`` with ``_path`` naming the predictions: the provenance of a figure
+    (summaries are optional there; the predictions are what it shows)."""
+    out = {}
+    for m in models:
+        path = _eval_dir(ws, m, seed) / "summary.json"
+        out[(m, seed)] = {**(json.loads(path.read_text()) if path.is_file() else {}),
+                          "_path": str(path.parent / "predictions.npz")}
+    return out
 
 
 def load_predictions(ws: Workspace, models: list[str], seed: int | None = None) -> dict[str, dict[str, np.ndarray]]:
@@ -577,8 +586,7 @@ def figure4(ws: Workspace, models: list[str] | None = None, seed: int | None = N
         fig.colorbar(im_hu, ax=top.tolist(), shrink=0.9, label="HU")
         fig.colorbar(im_err, ax=bottom.tolist(), shrink=0.9, label="|error| (HU)")
 
-    summaries = {(m, seed): {**_read_summary(ws, m, seed), "_path": str(_eval_dir(ws, m, seed) / "predictions.npz")}
-                 for m in models}
+    summaries = _figure_summaries(ws, models, seed)
     prov = provenance(ws, summaries, "Fig. 4")
     caption = (f"Fig. 4 (profile {ws.profile}, seed {seed}). Test slices (patient / slice): "
                + ", ".join(f"{p} / {s}" for p, s in picked)
@@ -651,16 +659,16 @@ def fused_figure(ws: Workspace, models: list[str] | None = None, seed: int | Non
             ax.set_yticks([])
         axes[r, 0].set_ylabel(f"{key[0]} / slice {key[1]}", fontsize=7)
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="network range [-1, 1]")
-    summaries = {(m, seed): {**_read_summary(ws, m, seed), "_path": str(_eval_dir(ws, m, seed) / "predictions.npz")}
-                 for m in models}
+    summaries = _figure_summaries(ws, models, seed)
     prov = provenance(ws, summaries, "fused images")
     caption = (f"Fused images Φ(T1, T2) (profile {ws.profile}, seed {seed}), the condition each fusion model's "
                "generators read, on Fig. 4's test slices (patient / slice): "
                + ", ".join(f"{p} / {s}" for p, s in picked) + ". Columns: T1 | T2 | "
                + " | ".join(labels.get(m, m) for m in models) + ". One grey window [-1, 1] for every panel. "
                f"std: spread over all test pixels (T1 {src_std['t1']:.3f}, T2 {src_std['t2']:.3f}); r: Pearson "
-               "correlation with T1 and T2. " + "; ".join(f"{m}: std {s['fused_std']:.4f}, r(T1) {s['fused_corr_t1']:.3f}, "
-                                         f"r(T2) {s['fused_corr_t2']:.3f}" for m, s in stats.items()) + ".")
+               "correlation with T1 and T2. "
+               + "; ".join(f"{m}: std {s['fused_std']:.4f}, r(T1) {s['fused_corr_t1']:.3f}, "
+                           f"r(T2) {s['fused_corr_t2']:.3f}" for m, s in stats.items()) + ".")
     result = Figure4(fig, axes, picked, models, caption)
     if write:
         out = Path(ws.reports_dir)
