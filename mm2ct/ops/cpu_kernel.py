@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
+from mm2ct.ops.scan_common import compute_dtype
+
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan_cpu.cpp"
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 
@@ -134,8 +136,6 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     Computes in float32 (float64 if an input is float64); B/C are handed to the kernel time-major:
     (batch, N, L) -> (batch, 1, L, N), (batch, G, N, L) -> (batch, G, L, N); (dim, N) stays.
     """
-    from mm2ct.ops.selective_scan import compute_dtype
-
     ct = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
 
     def prep(t):

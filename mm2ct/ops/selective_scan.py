@@ -17,58 +17,13 @@ import os
 import torch
 import torch.nn.functional as F
 
+from mm2ct.ops import cpu_kernel
+from mm2ct.ops.scan_common import check_shapes, compute_dtype, per_step
 from mm2ct.ops.torch_scan import selective_scan_torch
 
 BACKENDS = ("cuda", "cpu", "torch", "ref")
 ENV_VAR = "MM2CT_SCAN_BACKEND"
 _default_backend = "auto"
-
-
-# ----------------------------------------------------------------------------------------------- shapes
-def _check(u, delta, A, B, C, D, z, delta_bias):
-    """Validate shapes; return (batch, dim, L, N). B/C: (dim, N) | (batch, N, L) | (batch, G, N, L)."""
-    if u.dim() != 3:
-        raise ValueError(f"selective_scan: u must be (batch, dim, L), got shape {tuple(u.shape)}")
-    batch, dim, L = u.shape
-    if tuple(delta.shape) != (batch, dim, L):
-        raise ValueError(f"selective_scan: delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
-    if A.is_complex():
-        raise ValueError("selective_scan: complex A is not supported (Mamba's A is real)")
-    if A.dim() != 2 or A.shape[0] != dim:
-        raise ValueError(f"selective_scan: A must be (dim={dim}, N), got shape {tuple(A.shape)}")
-    N = A.shape[1]
-    for name, M in (("B", B), ("C", C)):
-        ok = (
-            (M.dim() == 2 and tuple(M.shape) == (dim, N))
-            or (M.dim() == 3 and tuple(M.shape) == (batch, N, L))
-            or (M.dim() == 4 and M.shape[0] == batch and M.shape[2:] == (N, L) and M.shape[1] > 0
-                and dim % M.shape[1] == 0)
-        )
-        if not ok:
-            raise ValueError(
-                f"selective_scan: {name} must be ({dim}, {N}), ({batch}, {N}, {L}) or ({batch}, G, {N}, {L}) with "
-                f"G dividing {dim}; got shape {tuple(M.shape)}"
-            )
-    for name, v in (("D", D), ("delta_bias", delta_bias)):
-        if v is not None and tuple(v.shape) != (dim,):
-            raise ValueError(f"selective_scan: {name} must be (dim={dim},), got shape {tuple(v.shape)}")
-    if z is not None and tuple(z.shape) != (batch, dim, L):
-        raise ValueError(f"selective_scan: z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
-    return batch, dim, L, N
-
-
-def compute_dtype(*tensors) -> torch.dtype:
-    """float64 if any input is float64, else float32 (half inputs are computed in float32, like mamba-ssm)."""
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def _per_step(M, dim, L):
-    """B or C as a tensor indexed (..., t, n) that broadcasts against (batch, dim, N) states per step."""
-    if M.dim() == 2:  # (dim, N) time-invariant
-        return M[None, :, None, :].expand(1, dim, L, M.shape[1])  # (1, dim, L, N)
-    if M.dim() == 3:  # (batch, N, L)
-        return M.transpose(1, 2)[:, None]  # (batch, 1, L, N)
-    return M.repeat_interleave(dim // M.shape[1], dim=1).transpose(2, 3)  # (batch, dim, L, N)
 
 
 # ----------------------------------------------------------------------------------------------- reference
@@ -80,7 +35,7 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     Returns out (batch, dim, L) in u's dtype, and the last state (batch, dim, N) if ``return_last_state``.
     A Python loop over L: steps are taken with ``unbind`` so autograd stays O(L).
     """
-    batch, dim, L, N = _check(u, delta, A, B, C, D, z, delta_bias)
+    batch, dim, L, N = check_shapes(u, delta, A, B, C, D, z, delta_bias)
     ct = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     dtype_in = u.dtype
     u, delta, A, B, C = (t.to(ct) for t in (u, delta, A, B, C))
@@ -89,10 +44,10 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     if delta_softplus:
         delta = F.softplus(delta)
     deltaA = torch.exp(delta[..., None] * A[:, None, :])  # (batch, dim, L, N)
-    deltaB_u = (delta * u)[..., None] * _per_step(B, dim, L)  # (batch, dim, L, N)
+    deltaB_u = (delta * u)[..., None] * per_step(B, dim, L)  # (batch, dim, L, N)
     h = u.new_zeros(batch, dim, N)
     ys = []
-    for dA_t, dBu_t, C_t in zip(deltaA.unbind(2), deltaB_u.unbind(2), _per_step(C, dim, L).unbind(2)):
+    for dA_t, dBu_t, C_t in zip(deltaA.unbind(2), deltaB_u.unbind(2), per_step(C, dim, L).unbind(2)):
         h = dA_t * h + dBu_t  # (batch, dim, N)
         ys.append((h * C_t).sum(-1))  # (batch, dim)
     out = torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, dim, 0)  # (batch, dim, L)
@@ -126,8 +81,6 @@ def _cuda_fn():
 
 def _cpu_fn():
     """The fused C++ kernel's scan, or raise RuntimeError saying why it cannot be used."""
-    from mm2ct.ops import cpu_kernel
-
     cpu_kernel.load_module()
     return cpu_kernel.selective_scan_cpu
 
@@ -171,8 +124,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         except RuntimeError:
             return "torch"
     if device.type == "cpu":
-        from mm2ct.ops import cpu_kernel
-
         return "cpu" if cpu_kernel.usable(warn=True) else "torch"
     return "torch"
 
@@ -186,7 +137,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     inputs) and, if ``return_last_state``, the last state (batch, dim, N).
     ``backend``: "auto" | "cuda" | "cpu" | "torch" | "ref" (see ``resolve_backend``).
     """
-    _check(u, delta, A, B, C, D, z, delta_bias)
+    check_shapes(u, delta, A, B, C, D, z, delta_bias)
     name = resolve_backend(backend, u.device)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if name == "ref":
@@ -204,8 +155,6 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 def available_backends() -> dict[str, tuple[bool, str]]:
     """For each backend: (usable here, short reason). Builds (or loads the cached) C++ kernel to answer for "cpu"."""
-    from mm2ct.ops import cpu_kernel
-
     out: dict[str, tuple[bool, str]] = {}
     fn, why = _import_mamba_ssm()
     if fn is None:

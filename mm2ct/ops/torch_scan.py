@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from mm2ct.ops.scan_common import compute_dtype
+
 CHUNK_ELEMENTS = 1 << 20  # a chunk's (T, batch, dim, N) buffers hold about this many elements (4 MB in float32)
 
 
@@ -173,8 +175,6 @@ class _ScanTorch(torch.autograd.Function):
 def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                          return_last_state=False):
     """The ``torch`` backend (docs/method.md §6.2): shapes and semantics of ``mm2ct.ops.selective_scan``."""
-    from mm2ct.ops.selective_scan import compute_dtype
-
     ct = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
 
     def cast(t):
