@@ -35,7 +35,7 @@ class DataConfig:
     n_patients: int = 15             # Gold Atlas: the first 15 subjects (SynDiff issue #6) [open choice 1]
     split: tuple[int, int, int] = (9, 2, 4)  # train / val / test patients [open choice 1]
     split_seed: int = 0              # patient shuffling seed for the split
-    image_size: int = 256            # slices zero-padded / centre-cropped to this size [open choice 2]
+    image_size: int = 256            # slices zero-padded to this size; larger ones resampled down to fit (no crop) [2]
     hu_min: float = -1024.0          # CT window mapped to [-1, 1] (int16 HU range of SynthRAD releases)
     hu_max: float = 3071.0
     mr_norm: str = "syndiff"         # syndiff (volume mean -> 1, global max -> 1) | robust (percentiles in body)
@@ -48,7 +48,8 @@ class DataConfig:
     phantom_t1_grid: str = "own"     # own: T1 on its own grid, rigidly offset (resampled onto T2) | t2
     phantom_labels: bool = True      # also write the tissue label map (labels.nii.gz) for per-tissue plots
     slices_per_patient: int | None = None  # keep only this many central slices (None: all with body)
-    unpaired: bool = True            # shuffle subject identities between MR and CT (SynDiff issue #45) [5]
+    unpaired: bool = True            # each MR slice meets a CT slice from an independent shuffle of the split's
+                                     # slices, redrawn every epoch (SynDiff shuffled subject identities) [5]
 
 
 @dataclass
@@ -66,8 +67,14 @@ class FusionConfig:
     d_state: int = 16                # N of the selective SSM [open choice 10]
     d_conv: int = 4                  # causal depthwise conv width
     expand: int = 2                  # d_inner = expand * C
-    mamba: bool = True               # Table 2 switch: False -> conv-only fusion (shared stem, average, output convs)
-    de: bool = True                  # Table 2 switch: dynamic enhancement (LDC + difference-aware attention)
+    mamba: bool = True               # False -> conv-only fusion (shared stem, average, output convs): an extra
+                                     # Table 2 row of ours, not the paper's row 1 (which is SynDiff) [23]
+    de: bool = True                  # Table 2 switch: dynamic enhancement (LDC + difference-aware attention) feeding
+                                     # the final fusion block; False feeds it X1, X2 (needs mamba) [12]
+    close_residual: bool = False     # close each Mamba stack with h + r; False drops the last residual, as
+                                     # MambaDFuse's code does [11]
+    aux_dt_init: str = "linear"      # Δ init of the two auxiliary M3 streams: linear (nn.Linear default, as
+                                     # MambaDFuse) | mamba (mamba-ssm's Δ init, like the fusion stream) [11]
     checkpoint: bool = False         # recompute each Mamba/M3 block in backward (activation memory ~ one block)
 
 
@@ -221,9 +228,24 @@ def from_dict(d: dict[str, Any], source: str = "<dict>") -> Config:
     cfg = Config()
     try:
         _apply(cfg, d, "")
+        check_values(cfg)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     return cfg
+
+
+def _choice(value: str, choices: tuple[str, ...], where: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+def check_values(cfg: Config) -> None:
+    """Values that are well typed but not allowed, and combinations that cannot be built (ConfigError names the
+    field)."""
+    _choice(cfg.fusion.aux_dt_init, ("linear", "mamba"), "fusion.aux_dt_init")
+    if cfg.fusion.de and not cfg.fusion.mamba:
+        raise ConfigError("fusion.de: true needs fusion.mamba: true (the final fusion block that reads the enhanced "
+                          "maps is a Mamba block); set fusion.de: false for the conv-only fusion")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -64,6 +64,8 @@ class RowSpec:
     paper_status: str = "not recovered"
     paper_tag: str = ""                       # short qualifier shown beside the paper's value in Markdown
     extra: tuple[tuple[str, str], ...] = ()   # extra leading columns (Table 2: Mamba module, DE)
+    choose_from: tuple[str, ...] = ()         # a row that is one of these runs, picked per seed by validation PSNR
+    ours: bool = False                        # a row of ours, not the paper's: left out of the ordering check
 
 
 _SYNDIFF_PAPER = dict(paper_psnr=25.36, paper_ssim=88.97, paper_tag="derived",
@@ -79,13 +81,18 @@ TABLE1: tuple[RowSpec, ...] = (
             "= Table 2"),
 )
 TABLE2: tuple[RowSpec, ...] = (
-    RowSpec("mm2ct_nomamba", "no Mamba module, no DE", "T1+T2", 25.36, 88.97, "verbatim, Table 2 row 1",
-            extra=(("Mamba module", "–"), ("DE", "–"))),
+    RowSpec("syndiff_best", "no Mamba module, no DE: SynDiff (Table 1)", "T1 or T2", 25.36, 88.97,
+            "verbatim, Table 2 row 1 (equal to the paper's SynDiff row)", extra=(("Mamba module", "–"), ("DE", "–")),
+            choose_from=("syndiff_t1", "syndiff_t2")),
     RowSpec("mm2ct_node", "Mamba module", "T1+T2", 25.49, 89.45, "verbatim, Table 2 row 2",
             extra=(("Mamba module", "✓"), ("DE", "–"))),
     RowSpec("mm2ct", "Mamba module + DE", "T1+T2", 25.72, 89.54, "verbatim, Table 2 row 3",
             extra=(("Mamba module", "✓"), ("DE", "✓"))),
+    RowSpec("mm2ct_nomamba", "conv-only fusion (ours)", "T1+T2", paper_status="not in the paper",
+            extra=(("Mamba module", "–"), ("DE", "–")), ours=True),
 )
+_INPUT = {spec.model: spec.input for spec in TABLE1}
+FUSION_MODELS = ("mm2ct_nomamba", "mm2ct_node", "mm2ct")  # the runs with a fused image Φ
 SINGLE_MODALITY = ("cyclegan_t1", "cyclegan_t2", "syndiff_t1", "syndiff_t2")
 
 
@@ -279,6 +286,25 @@ def _provenance_lines(p: dict[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ tables
+def run_models(specs: tuple[RowSpec, ...]) -> list[str]:
+    """The trained runs a table reads, in row order (a chosen row reads each of its candidates)."""
+    out: list[str] = []
+    for spec in specs:
+        out += [m for m in (spec.choose_from or (spec.model,)) if m not in out]
+    return out
+
+
+def _with_chosen(specs: tuple[RowSpec, ...], summaries: dict, seeds: list[int]) -> dict:
+    """``summaries`` plus, for each row with ``choose_from``, per seed the candidate with the best validation PSNR
+    (``best_val_psnr`` of its checkpoint: the test table never chooses), marked with ``_chosen``."""
+    out = dict(summaries)
+    for spec in specs:
+        for s in seeds if spec.choose_from else ():
+            chosen = max(spec.choose_from, key=lambda m: _num(summaries[(m, s)].get("best_val_psnr")))
+            out[(spec.model, s)] = {**summaries[(chosen, s)], "_chosen": chosen}
+    return out
+
+
 def _rows(specs: tuple[RowSpec, ...], summaries: dict, seeds: list[int]):
     """DataFrame rows and per-seed numbers for ``specs``."""
     rows, per_seed = [], {}
@@ -286,6 +312,10 @@ def _rows(specs: tuple[RowSpec, ...], summaries: dict, seeds: list[int]):
         per_seed[spec.model] = {s: {k: _num(summaries[(spec.model, s)].get(k)) for k, *_ in METRICS}
                                 for s in seeds}
         row: dict[str, Any] = {"method": spec.method, "input": spec.input}
+        if spec.choose_from:
+            chosen = [summaries[(spec.model, s)]["_chosen"] for s in seeds]
+            row["input"] = "/".join(sorted({_INPUT[m] for m in chosen}))
+            row["chosen"] = " ".join(chosen)
         row.update(dict(spec.extra))
         row["model"] = spec.model
         row["n_seeds"] = len(seeds)
@@ -339,7 +369,7 @@ def _orderings(ordering: dict) -> list[dict]:
 
 
 def _ordering_table2(per_seed: dict, seeds: list[int]) -> dict[str, Any]:
-    chain = [spec.model for spec in TABLE2]
+    chain = [spec.model for spec in TABLE2 if not spec.ours]
     out: dict[str, Any] = {"claim": " < ".join(chain) + " (each row better than the previous)"}
     for key, *_ in METRICS:
         seeds_ok = {s: {"holds": all(_better(per_seed[b][s][key], per_seed[a][s][key], key)
@@ -409,8 +439,8 @@ def _build(ws: Workspace, name: str, label: str, title: str, specs: tuple[RowSpe
     import pandas as pd
 
     seeds = [int(s) for s in (ws.cfg.train.seeds if seeds is None else seeds)]
-    summaries = load_summaries(ws, [s.model for s in specs], seeds)
-    rows, per_seed = _rows(specs, summaries, seeds)
+    summaries = load_summaries(ws, run_models(specs), seeds)
+    rows, per_seed = _rows(specs, _with_chosen(specs, summaries, seeds), seeds)
     ordering = ordering_fn(per_seed, seeds)
     prov = provenance(ws, summaries, label)
     md = _markdown(title, rows, specs, ordering, prov, notes)
@@ -454,9 +484,10 @@ def table2(ws: Workspace, seeds: list[int] | None = None, write: bool = True) ->
     """Table 2: MM2CT ablation of the Mamba fusion module and dynamic enhancement (DE), paper numbers beside."""
     return _build(ws, "table2", "Table 2",
                   f"Table 2 — ablation of the Mamba fusion module and DE (profile {ws.profile})", TABLE2, _ordering_table2, seeds, write,
-                  ["", "Row 1 here is MM2CT with the conv-only fusion (shared stem, average, output convs; "
-                       "Open choice 23); the paper's row 1 numbers equal its best single-modality SynDiff row "
-                       "(compare Table 1's SynDiff rows)."])
+                  ["", "Row 1 is the paper's: its numbers equal the paper's best single-modality SynDiff row, so "
+                       "it is Table 1's SynDiff (T1 or T2, whichever has the better validation PSNR in each seed; "
+                       "not trained again; method.md open choice 23). The conv-only fusion (shared stem, average, "
+                       "output convs, no Mamba and no DE) is our extra row and is left out of the ordering check."])
 
 
 def bar_plot(table: Table, keys: tuple[str, ...] = ("psnr", "ssim")):
@@ -627,7 +658,7 @@ def fused_figure(ws: Workspace, models: list[str] | None = None, seed: int | Non
 
     from mm2ct.evaluate import fused_stats
 
-    models = list(models or [s.model for s in TABLE2])
+    models = list(models or FUSION_MODELS)
     seed = int(ws.cfg.train.seeds[0] if seed is None else seed)
     preds = load_predictions(ws, models, seed)
     stale = [m for m in models if "fused" not in preds[m]]

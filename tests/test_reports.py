@@ -14,20 +14,20 @@ from mm2ct.train import run_dir
 from mm2ct.workspace import resolve
 
 TABLE1_MODELS = ["cyclegan_t1", "cyclegan_t2", "syndiff_t1", "syndiff_t2", "mm2ct"]
-TABLE2_MODELS = ["mm2ct_nomamba", "mm2ct_node", "mm2ct"]
+TABLE2_MODELS = ["syndiff_t1", "syndiff_t2", "mm2ct_node", "mm2ct", "mm2ct_nomamba"]  # the runs Table 2 reads
 
 
 def _ws(tmp_path, seeds=(42,)):
     return resolve("smoke", root=tmp_path, reports_dir=tmp_path / "reports", train={"seeds": list(seeds)})
 
 
-def _summary(ws, model, seed, psnr, ssim, mae=80.0, commit="abc1234"):
+def _summary(ws, model, seed, psnr, ssim, mae=80.0, commit="abc1234", val_psnr=20.0):
     ev = run_dir(ws, model, seed) / "eval"
     ev.mkdir(parents=True, exist_ok=True)
     s = {"model": model, "profile": ws.profile, "seed": seed, "psnr": psnr, "ssim": ssim,
          "psnr_patient_mean": psnr, "psnr_patient_std": 0.5, "ssim_patient_mean": ssim, "ssim_patient_std": 1.5,
          "mae_hu": mae, "mae_hu_std": 4.0, "psnr_hu": psnr + 1.0, "psnr_hu_std": 0.25, "ssim_hu": 0.8125,
-         "ssim_hu_std": 0.0125, "checkpoint": str(ev.parent / "best.pt"), "checkpoint_epoch": 3,
+         "ssim_hu_std": 0.0125, "checkpoint": str(ev.parent / "best.pt"), "checkpoint_epoch": 3, "best_val_psnr": val_psnr,
          "train_seconds": 100.0, "eval_seconds": 10.0, "train_commit": commit, "eval_commit": commit + "e",
          "data": "/data/phantom", "n_slices": 12, "n_patients": 2, "eval_format": EVAL_FORMAT}
     (ev / "summary.json").write_text(json.dumps(s))
@@ -118,18 +118,29 @@ def test_table1_also_checks_the_papers_comparison_with_syndiff(tmp_path):
 
 
 def test_table2_rows_and_paper(tmp_path):
+    """Row 1 is Table 1's SynDiff, chosen per seed on validation PSNR (here T1, although T2 scores better on the
+    test slices); the conv-only fusion is an extra row outside the ordering check."""
     ws = _ws(tmp_path)
-    for m, p in zip(TABLE2_MODELS, (22.0, 23.0, 24.0)):
+    _summary(ws, "syndiff_t1", 42, 22.0, 102.0, mae=78.0, val_psnr=19.0)
+    _summary(ws, "syndiff_t2", 42, 30.0, 110.0, mae=70.0, val_psnr=18.0)
+    for m, p in (("mm2ct_node", 23.0), ("mm2ct", 24.0), ("mm2ct_nomamba", 10.0)):
         _summary(ws, m, 42, p, 80.0 + p, mae=100.0 - p)
     t = reports.table2(ws)
     df = pd.read_csv(ws.reports_dir / "table2.csv", comment="#")
-    assert list(df["model"]) == TABLE2_MODELS
-    assert list(df["paper_psnr"]) == [25.36, 25.49, 25.72] and list(df["paper_ssim"]) == [88.97, 89.45, 89.54]
-    assert list(df["Mamba module"]) == ["–", "✓", "✓"] and list(df["DE"]) == ["–", "–", "✓"]
-    assert all(t.ordering[k]["all_seeds"] for k in ("psnr", "ssim", "mae_hu"))
+    assert list(df["model"]) == ["syndiff_best", "mm2ct_node", "mm2ct", "mm2ct_nomamba"]
+    assert df["chosen"][0] == "syndiff_t1" and df["input"][0] == "T1" and df["psnr"][0] == 22.0
+    assert list(df["paper_psnr"][:3]) == [25.36, 25.49, 25.72] and list(df["paper_ssim"][:3]) == [88.97, 89.45, 89.54]
+    assert np.isnan(df["paper_psnr"][3]) and df["method"][3] == "conv-only fusion (ours)"
+    assert list(df["Mamba module"]) == ["–", "✓", "✓", "–"] and list(df["DE"]) == ["–", "–", "✓", "–"]
+    assert t.ordering["claim"].startswith("syndiff_best < mm2ct_node < mm2ct")
+    assert all(t.ordering[k]["all_seeds"] for k in ("psnr", "ssim", "mae_hu"))  # the conv row (10 dB) is left out
     md = t.markdown
     assert "| Mamba module + DE | T1+T2 | ✓ | ✓ | 24.00 ± 0.50 | 104.00 ± 1.50 | 76.0 ± 4.0" in md
-    assert "| 25.72 | 89.54 |" in md
+    assert "| 25.72 | 89.54 |" in md and "| conv-only fusion (ours) | T1+T2 | – | – | 10.00" in md
+    assert len(t.provenance["runs"]) == 5  # each run once; the chosen row adds none
+    _summary(ws, "syndiff_t2", 42, 30.0, 110.0, mae=70.0, val_psnr=21.0)  # now T2 validates better
+    t = reports.table2(ws)
+    assert t.frame["chosen"][0] == "syndiff_t2" and not t.ordering["psnr"]["all_seeds"]
     assert (ws.reports_dir / "table2.json").is_file()
 
 
@@ -224,8 +235,8 @@ def test_fused_figure_shows_each_fusion_models_condition_with_its_spread(tmp_pat
         _predictions(ws, m, 42, rng, fused=lambda t1, t2, k=scale: k * t1)
         _summary(ws, m, 42, 20.0, 80.0)
     f = reports.fused_figure(ws, n_slices=2)
-    assert f.axes.shape == (2, 2 + 3) and f.models == TABLE2_MODELS
-    assert f.slices == reports.figure4(ws, models=TABLE2_MODELS, n_slices=2, write=False).slices
+    assert f.axes.shape == (2, 2 + 3) and f.models == list(reports.FUSION_MODELS)
+    assert f.slices == reports.figure4(ws, models=list(reports.FUSION_MODELS), n_slices=2, write=False).slices
     cap = (ws.reports_dir / "fused.txt").read_text()
     t1 = np.load(run_dir(ws, "mm2ct", 42) / "eval" / "predictions.npz")["t1"]
     assert f"mm2ct_nomamba: std {0.01 * t1.std():.4f}, r(T1) 1.000, r(T2) -1.000" in cap

@@ -9,8 +9,9 @@ Three projected streams share one output projection:
     out = out_proj(y0 + y1 + y2)
     F'  = DWConv3x3(out) + out                              local refinement on the (B, C, H, W) map
 
-The double LayerNorm and the shared A_b are MambaDFuse code details kept on purpose (open choice 11). Parameter
-names follow MambaDFuse's mixer (suffixes ``_b``, ``_c`` for streams 1 and 2).
+The double LayerNorm, the shared A_b and the nn.Linear initialisation of the auxiliary Δ projections are MambaDFuse
+code details kept on purpose (open choice 11). Parameter names follow MambaDFuse's mixer (suffixes ``_b``, ``_c`` for
+streams 1 and 2).
 """
 from __future__ import annotations
 
@@ -22,19 +23,25 @@ import torch.nn as nn
 from mm2ct.models.mamba import (init_dt_proj, map_to_sequence, ones_D, s4d_real_A_log, selective_ssm,
                                 sequence_to_map)
 
+AUX_DT_INITS = ("linear", "mamba")  # Δ init of the auxiliary streams: MambaDFuse's nn.Linear default | mamba-ssm's
+
 
 class CrossModalMamba(nn.Module):
     """The three-stream M3 mixer: (F̃, Ĩ2, Ĩ1), each (B, L, d_model) -> (B, L, d_model).
 
-    Every stream gets mamba-ssm's Δ initialisation (MambaDFuse leaves the auxiliary ``dt_proj_b/_c`` at PyTorch's
-    Linear default; see the module docstring of ``mm2ct.models.fusion`` for the deviations list).
+    ``aux_dt_init`` sets the Δ projections of the two auxiliary streams (open choice 11): "linear" keeps PyTorch's
+    nn.Linear initialisation, as MambaDFuse's code does (only the fusion stream's ``dt_proj`` gets mamba-ssm's Δ
+    init there); "mamba" gives all three streams mamba-ssm's Δ init.
     """
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank="auto",
                  dt_min: float = 0.001, dt_max: float = 0.1, dt_init: str = "random", dt_scale: float = 1.0,
                  dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False,
-                 backend: str | None = None):
+                 backend: str | None = None, aux_dt_init: str = "linear"):
         super().__init__()
+        if aux_dt_init not in AUX_DT_INITS:
+            raise ValueError(f"cross_modal.CrossModalMamba: aux_dt_init must be one of {AUX_DT_INITS}, "
+                             f"got {aux_dt_init!r}")
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
@@ -47,7 +54,8 @@ class CrossModalMamba(nn.Module):
                                                        groups=self.d_inner, padding=d_conv - 1, bias=conv_bias))
             setattr(self, "x_proj" + suffix, nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False))
             dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
-            init_dt_proj(dt_proj, dt_min, dt_max, dt_init, dt_scale, dt_init_floor)
+            if suffix == "" or aux_dt_init == "mamba":
+                init_dt_proj(dt_proj, dt_min, dt_max, dt_init, dt_scale, dt_init_floor)
             setattr(self, "dt_proj" + suffix, dt_proj)
             setattr(self, "D" + suffix, ones_D(self.d_inner))
         self.A_log = s4d_real_A_log(self.d_inner, d_state)

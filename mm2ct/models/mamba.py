@@ -19,8 +19,9 @@ with d_inner = expand * d_model and dt_rank = ceil(d_model / 16). For a sequence
     out    = out_proj(y)
 
 ``MambaBlock`` wraps the mixer with a LayerNorm in the residual-stream form of mamba-ssm / MambaDFuse (§3.1):
-(x, r) -> (mixer(LN(x + r)), x + r). A stack of such blocks, closed with ``close_stream`` (h + r), equals the Fig. 2
-form x <- x + mixer(LN(x)) applied block after block (open choice 11: the final residual is kept).
+(x, r) -> (mixer(LN(x + r)), x + r). A stack of such blocks, closed with ``close_stream`` as h + r, equals the Fig. 2
+form x <- x + mixer(LN(x)) applied block after block; MambaDFuse's code closes with h alone (open choice 11: that is
+the default of ``FusionConfig.close_residual``).
 """
 from __future__ import annotations
 
@@ -168,9 +169,13 @@ class MambaBlock(nn.Module):
         return self.mixer(self.norm(residual)), residual
 
 
-def close_stream(hidden: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
-    """End a residual-stream stack: h + r (open choice 11; MambaDFuse's code drops r here)."""
-    return hidden if residual is None else hidden + residual
+def close_stream(hidden: torch.Tensor, residual: torch.Tensor | None, add_residual: bool = True) -> torch.Tensor:
+    """End a residual-stream stack (open choice 11).
+
+    ``add_residual=True``: h + r, the Fig. 2 form x <- x + mixer(LN(x)) after the last block. ``False``: h alone,
+    what MambaDFuse's code does when it maps a stack's tokens back (its callers drop the last residual).
+    """
+    return hidden if residual is None or not add_residual else hidden + residual
 
 
 def run_block(block: nn.Module, *args, checkpoint: bool = False):
