@@ -61,7 +61,7 @@ def canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def check_volume(data: np.ndarray, path: str | os.PathLike, what: str = "volume") -> None:
-    """Reject empty, non-finite and constant volumes (design.md §6)."""
+    """Reject empty, non-finite and constant volumes (docs/contributing.md, Reliability)."""
     if data.size == 0 or 0 in data.shape:
         raise DataError(path, f"empty {what} (shape {data.shape})")
     if data.dtype.kind == "f" and not np.isfinite(data).all():

@@ -90,7 +90,7 @@ class GridPreset:
 GRIDS: dict[str, GridPreset] = {
     "full": GridPreset(512, 0.875, 2.5, (1, 2), 56),    # Gold Atlas native in-plane resolution (slow)
     "gold": GridPreset(256, 1.75, 2.5, (2, 2), 56),     # resized Gold Atlas slices, the paper's 256 x 256
-    "coarse": GridPreset(128, 3.5, 5.0, (2, 2), 24),    # CPU demo: resampled to 64 x 64 by the slice pipeline
+    "coarse": GridPreset(128, 3.5, 5.0, (2, 2), 24),    # CPU demo: resampled to 48 x 48 by the slice pipeline
     "tiny": GridPreset(48, 448 / 48, 10.0, (2, 4), 8),  # smoke tests: resampled to 32 x 32
 }
 _Z_CENTRE = 10.0   # anatomical z (mm above the femoral-head centres) of the volume centre
