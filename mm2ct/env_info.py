@@ -1,4 +1,4 @@
-"""``mm2ct env``: versions, devices, and which selective-scan backends can run here."""
+"""``mm2ct env``: versions, devices, which selective-scan backends can run here, and the CUDA kernels beside them."""
 from __future__ import annotations
 
 import importlib
@@ -20,7 +20,7 @@ def report() -> dict[str, object]:
     import torch
 
     from mm2ct import __version__
-    from mm2ct.ops import available_backends
+    from mm2ct.ops import available_backends, cuda_kernels
 
     info: dict[str, object] = {
         "mm2ct": __version__,
@@ -34,7 +34,9 @@ def report() -> dict[str, object]:
         info[pkg] = _version(pkg)
     info["cuda"] = torch.cuda.is_available()
     info["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] or ["cpu"]
-    info["scan_backends"] = available_backends()
+    kernels = cuda_kernels.status()  # the scan kernel is the "cuda" backend; the other two sit beside it
+    info["scan_backends"] = {**available_backends(), "causal_conv1d": kernels["causal_conv1d"],
+                             "mamba_inner": kernels["mamba_inner"]}
     return info
 
 
@@ -53,7 +55,8 @@ def run(args) -> int:
     width = max(len(k) for k in info)
     for k, v in info.items():
         print(f"{k:<{width}}  {v}")
-    print("selective-scan backends:")
+    print("selective-scan backends, and the CUDA kernels beside them (causal conv, fused mixer):")
+    width = max(len(name) for name in backends)
     for name, (ok, why) in backends.items():
-        print(f"  {name:<6} {'yes' if ok else 'no '}  {why}")
+        print(f"  {name:<{width}} {'yes' if ok else 'no '}  {why}")
     return 0

@@ -102,9 +102,9 @@ def test_no_function_level_imports_between_ops_modules(ops_graph):
 
 
 def test_layering(ops_graph):
-    """Shared helpers import no sibling; backends never import the dispatcher."""
+    """Shared helpers and the optional-kernel imports import no sibling; backends never import the dispatcher."""
     graph, _ = ops_graph
-    assert graph["scan_common"] == set()
+    assert graph["scan_common"] == set() and graph["cuda_kernels"] == set()
     assert {"torch_scan", "cpu_kernel", "scan_common"} <= graph["selective_scan"]
     for backend in ("torch_scan", "cpu_kernel"):
         assert "selective_scan" not in graph[backend] and "__init__" not in graph[backend]

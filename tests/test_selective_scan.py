@@ -1,7 +1,8 @@
 """Selective scan (docs/method.md §6.2): every backend against the float64 sequential reference.
 
 The fused C++ kernel is built once per session (the ``cpu_kernel`` fixture); tests of it skip with the build error
-where no compiler is available. CUDA tests are marked ``cuda`` and skip without a GPU and mamba-ssm.
+where no compiler is available. The CUDA test of the torch backend is marked ``cuda`` and skips without a GPU;
+mamba-ssm's kernel is tested in tests/test_cuda_kernels.py.
 """
 from __future__ import annotations
 
@@ -291,15 +292,7 @@ def test_extension_name_carries_a_cpu_fingerprint():
 
 
 # ------------------------------------------------------------------------------------------------ CUDA
-def _mamba_ssm_usable() -> bool:
-    try:
-        import mamba_ssm.ops.selective_scan_interface  # noqa: F401
-    except Exception:  # noqa: BLE001 - its import raises anything without the CUDA extension
-        return False
-    return torch.cuda.is_available()
-
-
-cuda = pytest.mark.cuda
+cuda = pytest.mark.cuda  # mamba-ssm's kernel against the reference: tests/test_cuda_kernels.py
 
 
 @cuda
@@ -314,23 +307,33 @@ def test_torch_backend_on_cuda_matches_reference():
         assert_close(got[2][k].cpu(), ref[2][k], 1e-3, f"d{k}")
 
 
-@cuda
-@pytest.mark.skipif(not _mamba_ssm_usable(), reason="needs mamba-ssm with its CUDA extension")
-def test_cuda_backend_matches_reference():
-    """mamba-ssm's kernel (auto's choice for CUDA tensors): outputs, last state, and the gradients of every input
-    (its backward ignores the last state's gradient, so the loss uses ``out`` only)."""
-    x = mamba_inputs(batch=2, dim=16, L=300, N=16)
-    assert resolve_backend("auto", torch.device("cuda")) == "cuda"
-    ref_out, ref_last, _ = run(selective_scan_ref, x, delta_softplus=True)
-    out, last, _ = run(backend_fn("cuda"), {k: v.float().cuda() for k, v in x.items()}, delta_softplus=True)
-    assert_close(out.cpu(), ref_out, 1e-4, "out")
-    assert_close(last.cpu(), ref_last, 1e-4, "last state")
-    args = {k: v.detach().requires_grad_() for k, v in x.items()}
-    out = selective_scan_ref(**args, delta_softplus=True)
-    w = torch.randn_like(out)
-    (out * w).sum().backward()
-    argc = {k: v.detach().float().cuda().requires_grad_() for k, v in x.items()}
-    outc = selective_scan(**argc, delta_softplus=True, backend="cuda")
-    (outc * w.float().cuda()).sum().backward()
-    for k in args:
-        assert_close(argc[k].grad.cpu(), args[k].grad, 1e-3, f"d{k}")
+# ------------------------------------------------------------------------------------------------ autocast, devices
+@pytest.mark.parametrize("name", ["torch", "cpu", "ref"])
+def test_autocast_does_not_change_the_scan(name):
+    """Under bfloat16 autocast every backend still computes in float32 (the torch backend's matmuls would otherwise
+    run in bfloat16): same output and gradients as without autocast."""
+    if name == "cpu":
+        try:
+            cpu_kernel.load_module()
+        except RuntimeError as e:
+            pytest.skip(str(e))
+    x = {k: v.float() for k, v in mamba_inputs(batch=2, dim=16, L=100, N=16).items()}
+    plain = run(backend_fn(name), x, grad=True, delta_softplus=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = run(backend_fn(name), x, grad=True, delta_softplus=True)
+    assert auto[0].dtype == torch.float32
+    torch.testing.assert_close(auto[0], plain[0], rtol=1e-6, atol=1e-6)
+    for k in plain[2]:
+        torch.testing.assert_close(auto[2][k], plain[2][k], rtol=1e-6, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("name", ["torch", "ref"])
+def test_scan_creates_nothing_off_its_device(name, short_torch_chunks):
+    """On the meta device, any buffer made without ``device=`` (on the CPU) would raise: forward and backward."""
+    x = {k: v.float().to("meta") for k, v in mamba_inputs(L=20, bc="grouped").items()}
+    args = {k: v.requires_grad_() for k, v in x.items()}
+    out, last = selective_scan(**args, delta_softplus=True, return_last_state=True, backend=name)
+    assert out.device.type == last.device.type == "meta"
+    (out.sum() + last.sum()).backward()
+    assert all(v.grad.device.type == "meta" for v in args.values())
+    assert resolve_backend("auto", torch.device("meta")) == "torch"

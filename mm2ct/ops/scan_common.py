@@ -1,9 +1,12 @@
-"""What every selective-scan backend shares (docs/method.md §6.2): the shape checks, the dtype rule, and B/C per step.
+"""What every selective-scan backend shares (docs/method.md §6.2): the shape checks, the dtype rule (with autocast
+switched off inside), and B/C per step.
 
 The backends (``torch_scan``, ``cpu_kernel``) and the dispatcher with the reference (``selective_scan``) import this
 module; it imports none of them, so the package's import graph has no cycle.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -43,6 +46,14 @@ def check_shapes(u, delta, A, B, C, D, z, delta_bias):
 def compute_dtype(*tensors) -> torch.dtype:
     """float64 if any input is float64, else float32 (half inputs are computed in float32, like mamba-ssm)."""
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def autocast_disabled(device: torch.device):
+    """A context with autocast off for ``device``: a scan computes in ``compute_dtype`` throughout, and under autocast
+    its matrix products would otherwise run in float16/bfloat16. (No-op for devices without autocast, e.g. meta.)"""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def per_step(M, dim, L):

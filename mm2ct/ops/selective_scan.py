@@ -5,19 +5,18 @@
     y_t  = C_t · h_t + D u_t
     out  = y ⊙ silu(z)                              (only if ``z`` is given)
 
-Same signature and semantics as mamba-ssm's ``selective_scan_fn``. Backends:
-``cuda`` (mamba-ssm's kernel), ``cpu`` (fused C++ kernel, mm2ct/ops/csrc), ``torch`` (pure PyTorch, any device),
-``ref`` (the sequential definition, the test oracle).
+Same signature and semantics as mamba-ssm's ``selective_scan_fn``. Backends: ``cuda`` (mamba-ssm's kernel,
+imported in mm2ct/ops/cuda_kernels.py), ``cpu`` (fused C++ kernel, mm2ct/ops/csrc), ``torch`` (pure PyTorch, any
+device), ``ref`` (the sequential definition, the test oracle).
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 import torch.nn.functional as F
 
-from mm2ct.ops import cpu_kernel
+from mm2ct.ops import cpu_kernel, cuda_kernels
 from mm2ct.ops.scan_common import check_shapes, compute_dtype, per_step
 from mm2ct.ops.torch_scan import selective_scan_torch
 
@@ -60,23 +59,30 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
 
 # ----------------------------------------------------------------------------------------------- dispatch
-@functools.lru_cache(maxsize=None)
-def _import_mamba_ssm():
-    """(selective_scan_fn, None), or (None, why it cannot be imported); tried once per process."""
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception as e:  # noqa: BLE001 - mamba_ssm's import raises anything without its CUDA extension
-        return None, ("mamba_ssm not installed" if isinstance(e, ModuleNotFoundError)
-                      else f"mamba_ssm not usable: {type(e).__name__}: {e}")
-    return selective_scan_fn, None
-
-
 def _cuda_fn():
     """mamba-ssm's selective_scan_fn, or raise RuntimeError saying why it cannot be used."""
-    fn, why = _import_mamba_ssm()
+    fn, why = cuda_kernels.scan_kernel()
     if fn is None:
         raise RuntimeError(f"selective_scan backend 'cuda' is unavailable: {why}")
     return fn
+
+
+def _kernel_inputs(u, delta, A, B, C, D, z, delta_bias):
+    """The dtypes mamba-ssm's kernel insists on (csrc/selective_scan/selective_scan.cpp): delta, z and input-dependent
+    B/C in u's dtype (float32, float16 or bfloat16); A, D, delta_bias and time-invariant B/C in float32.
+    Under autocast a Mamba layer already passes them so; the casts are no-ops then."""
+    if u.dtype not in cuda_kernels.KERNEL_DTYPES:
+        raise ValueError(f"selective_scan backend 'cuda' takes float32, float16 or bfloat16 inputs, got {u.dtype} "
+                         f"(the 'torch' backend computes in float64)")
+
+    def cast(t, dtype):
+        return None if t is None else t.to(dtype)
+
+    def operand(M):
+        return cast(M, u.dtype if M.dim() > 2 else torch.float32)
+
+    return (u, cast(delta, u.dtype), cast(A, torch.float32), operand(B), operand(C), cast(D, torch.float32),
+            cast(z, u.dtype), cast(delta_bias, torch.float32))
 
 
 def _cpu_fn():
@@ -105,24 +111,30 @@ def _validate(name: str, where: str) -> str:
     return name
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The backend a call runs on: explicit argument > set_default_backend > $MM2CT_SCAN_BACKEND > auto.
+def requested_backend(backend: str) -> str:
+    """The backend asked for: explicit argument > set_default_backend > $MM2CT_SCAN_BACKEND; "auto" if none is.
 
-    auto = cuda (mamba-ssm, CUDA tensors) > cpu (fused C++ kernel, CPU tensors) > torch.
+    The CUDA kernels beside the scan (causal conv, fused inner function) are used when this is "auto" or "cuda".
     """
     name = _validate(backend, "selective_scan(backend=...)")
     if name == "auto":
         name = _default_backend
     if name == "auto":
         name = _validate(os.environ.get(ENV_VAR, "auto").strip() or "auto", f"${ENV_VAR}")
+    return name
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """The backend a call runs on: explicit argument > set_default_backend > $MM2CT_SCAN_BACKEND > auto.
+
+    auto = cuda (mamba-ssm, CUDA tensors of a dtype its kernel takes) > cpu (fused C++ kernel, CPU tensors) > torch.
+    """
+    name = requested_backend(backend)
     if name != "auto":
         return name
-    if device.type == "cuda":
-        try:
-            _cuda_fn()
-            return "cuda"
-        except RuntimeError:
-            return "torch"
+    if device.type == cuda_kernels.DEVICE_TYPE:
+        ok = cuda_kernels.scan_kernel()[0] is not None and dtype in cuda_kernels.KERNEL_DTYPES
+        return "cuda" if ok else "torch"
     if device.type == "cpu":
         return "cpu" if cpu_kernel.usable(warn=True) else "torch"
     return "torch"
@@ -135,19 +147,20 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     u, delta, z: (batch, dim, L); A: (dim, N) real; B, C: (batch, N, L), (batch, G, N, L) or (dim, N);
     D, delta_bias: (dim,). Returns out (batch, dim, L) in u's dtype (computed in float32, float64 for float64
     inputs) and, if ``return_last_state``, the last state (batch, dim, N).
-    ``backend``: "auto" | "cuda" | "cpu" | "torch" | "ref" (see ``resolve_backend``).
+    ``backend``: "auto" | "cuda" | "cpu" | "torch" | "ref" (see ``resolve_backend``). The "cuda" kernel ignores the
+    gradient of the last state (mamba-ssm's documented limitation).
     """
     check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    name = resolve_backend(backend, u.device)
+    name = resolve_backend(backend, u.device, u.dtype)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if name == "ref":
         return selective_scan_ref(*args)
     if name == "torch":
         return selective_scan_torch(*args)
     if name == "cuda":
-        if u.device.type != "cuda":
+        if u.device.type != cuda_kernels.DEVICE_TYPE:
             raise RuntimeError(f"selective_scan backend 'cuda' needs CUDA tensors, got device {u.device}")
-        return _cuda_fn()(*args)
+        return _cuda_fn()(*_kernel_inputs(*args[:8]), delta_softplus, return_last_state)
     if u.device.type != "cpu":
         raise RuntimeError(f"selective_scan backend 'cpu' needs CPU tensors, got device {u.device}")
     return _cpu_fn()(*args)
@@ -155,14 +168,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 def available_backends() -> dict[str, tuple[bool, str]]:
     """For each backend: (usable here, short reason). Builds (or loads the cached) C++ kernel to answer for "cpu"."""
-    out: dict[str, tuple[bool, str]] = {}
-    fn, why = _import_mamba_ssm()
-    if fn is None:
-        out["cuda"] = (False, why)
-    else:
-        out["cuda"] = (torch.cuda.is_available(), "mamba_ssm selective_scan_fn" if torch.cuda.is_available()
-                       else "mamba_ssm installed but no CUDA device")
-    out["cpu"] = cpu_kernel.status()
-    out["torch"] = (True, "pure PyTorch chunked scan, any device")
-    out["ref"] = (True, "sequential reference (slow; the test oracle)")
-    return out
+    return {
+        "cuda": cuda_kernels.status()["selective_scan"],
+        "cpu": cpu_kernel.status(),
+        "torch": (True, "pure PyTorch chunked scan, any device"),
+        "ref": (True, "sequential reference (slow; the test oracle)"),
+    }

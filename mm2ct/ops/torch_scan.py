@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from mm2ct.ops.scan_common import compute_dtype
+from mm2ct.ops.scan_common import autocast_disabled, compute_dtype
 
 CHUNK_ELEMENTS = 1 << 20  # a chunk's (T, batch, dim, N) buffers hold about this many elements (4 MB in float32)
 
@@ -122,6 +122,11 @@ class _ScanTorch(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dout, dlast):
+        with autocast_disabled(dout.device):  # backward runs under the caller's autocast state
+            return _ScanTorch.gradients(ctx, dout, dlast)
+
+    @staticmethod
+    def gradients(ctx, dout, dlast):
         u, delta, A, B, C, D, z, delta_bias, y, ckpts = ctx.saved_tensors
         batch, dim, L = u.shape
         N = A.shape[1]
@@ -174,13 +179,16 @@ class _ScanTorch(torch.autograd.Function):
 
 def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                          return_last_state=False):
-    """The ``torch`` backend (docs/method.md §6.2): shapes and semantics of ``mm2ct.ops.selective_scan``."""
+    """The ``torch`` backend (docs/method.md §6.2): shapes and semantics of ``mm2ct.ops.selective_scan``.
+
+    Computes in ``compute_dtype`` with autocast off, forward and backward (its products are matmuls)."""
     ct = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
 
     def cast(t):
         return None if t is None else t.to(ct)
 
-    out, last = _ScanTorch.apply(cast(u), cast(delta), cast(A), cast(B), cast(C), cast(D), cast(z),
-                                 cast(delta_bias), bool(delta_softplus))
+    with autocast_disabled(u.device):
+        out, last = _ScanTorch.apply(cast(u), cast(delta), cast(A), cast(B), cast(C), cast(D), cast(z),
+                                     cast(delta_bias), bool(delta_softplus))
     out = out.to(u.dtype)
     return (out, last) if return_last_state else out
