@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mm2ct.models.mamba import (Mamba, MambaBlock, MambaStack, close_stream, map_to_sequence, raster_index,
-                                sequence_to_map, set_scan_backend)
+from mm2ct.models.cross_modal import CrossModalMamba
+from mm2ct.models.mamba import (Mamba, MambaBlock, MambaStack, causal_conv1d, close_stream, map_to_sequence,
+                                raster_index, sequence_to_map, set_scan_backend)
 
 FAST = "torch"  # the pure-PyTorch backend: always present, no build step
 
@@ -178,3 +179,51 @@ def test_set_scan_backend_reaches_every_mixer() -> None:
     stack = MambaStack(8, 2, d_state=4)
     set_scan_backend(stack, "ref")
     assert [blk.mixer.backend for blk in stack.layers] == ["ref", "ref"]
+
+
+# ----------------------------------------------------------------------------------------------- autocast, devices
+def _mixers():
+    """A Mamba mixer and an M3 mixer with their inputs: (module, inputs)."""
+    torch.manual_seed(4)
+    g = torch.Generator().manual_seed(5)
+    return [(Mamba(8, d_state=4), [torch.randn(2, 30, 8, generator=g)]),
+            (CrossModalMamba(8, d_state=4), [torch.randn(2, 30, 8, generator=g) for _ in range(3)])]
+
+
+@pytest.mark.parametrize("backend", [FAST, "auto", "ref"])
+def test_mixers_under_bf16_autocast(backend: str) -> None:
+    """Mamba and M3 mixers forward + backward under CPU bfloat16 autocast: bfloat16 out, float32 gradients for every
+    parameter, within bfloat16 accuracy of the float32 run."""
+    for module, xs in _mixers():
+        set_scan_backend(module, backend)
+        results = []
+        for enabled in (False, True):
+            module.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+                y = module(*xs)
+                y.float().square().mean().backward()
+            results.append((y, {n: p.grad for n, p in module.named_parameters()}))
+        (y32, g32), (y16, g16) = results
+        assert y16.dtype == torch.bfloat16 and y32.dtype == torch.float32
+        torch.testing.assert_close(y16.float(), y32, rtol=0.05, atol=0.05 * y32.abs().max().item())
+        for name, g in g32.items():
+            assert g16[name].dtype == torch.float32 and torch.isfinite(g16[name]).all(), name
+            torch.testing.assert_close(g16[name], g, rtol=0.1, atol=0.1 * g.abs().max().item(), msg=name)
+
+
+def test_mixers_create_nothing_off_their_device() -> None:
+    """On the meta device, any tensor made inside without ``device=`` (on the CPU) would raise."""
+    for module, xs in _mixers():
+        module.to("meta")
+        xs = [x.to("meta").requires_grad_() for x in xs]
+        y = module(*xs)
+        y.sum().backward()
+        assert y.device.type == "meta" and all(x.grad.device.type == "meta" for x in xs)
+
+
+def test_causal_conv1d_is_the_module_conv() -> None:
+    """The causal conv helper equals the nn.Conv1d padded on both sides, first L outputs (and SiLU), exactly."""
+    m = _mamba()
+    u = torch.randn(2, 16, 9)
+    assert torch.equal(causal_conv1d(m.conv1d, u), m.conv1d(u)[..., :9])
+    assert torch.equal(causal_conv1d(m.conv1d, u, "silu"), F.silu(m.conv1d(u)[..., :9]))

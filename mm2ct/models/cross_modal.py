@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from mm2ct.models.mamba import (init_dt_proj, map_to_sequence, ones_D, s4d_real_A_log, selective_ssm,
                                 sequence_to_map)
+from mm2ct.ops import fused_inner_applies, mamba_inner
 
 AUX_DT_INITS = ("linear", "mamba")  # Δ init of the auxiliary streams: MambaDFuse's nn.Linear default | mamba-ssm's
 
@@ -63,15 +64,23 @@ class CrossModalMamba(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
     def forward(self, f: torch.Tensor, extra1: torch.Tensor, extra2: torch.Tensor) -> torch.Tensor:
+        """out_proj(y0 + y1 + y2); on CUDA each stream is one fused call (``mm2ct.ops.mamba_inner``) with the shared
+        out_proj, as Σ_s out_proj(y_s) with its bias added once."""
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
         A_b = -torch.exp(self.A_b_log.float())
-        streams = ((self.in_proj(f), "", A), (self.in_proj_extra1(extra1), "_b", A_b),
-                   (self.in_proj_extra2(extra2), "_c", A_b))
-        y = sum(
-            selective_ssm(xz.transpose(1, 2), getattr(self, "conv1d" + s), getattr(self, "x_proj" + s),
-                          getattr(self, "dt_proj" + s), a, getattr(self, "D" + s), self.backend)
-            for xz, s, a in streams
-        )  # (B, d_inner, L)
+        streams = [  # (xz (B, 2*d_inner, L), A, conv1d, x_proj, dt_proj, D) per stream
+            (xz.transpose(1, 2), a, *(getattr(self, name + s) for name in ("conv1d", "x_proj", "dt_proj", "D")))
+            for xz, s, a in ((self.in_proj(f), "", A), (self.in_proj_extra1(extra1), "_b", A_b),
+                             (self.in_proj_extra2(extra2), "_c", A_b))
+        ]
+        if fused_inner_applies(streams[0][0], self.conv1d.weight, A, self.backend):
+            return sum(
+                mamba_inner(xz, conv.weight, conv.bias, x_proj.weight, dt_proj.weight, self.out_proj.weight,
+                            self.out_proj.bias if i == 0 else None, a, D, dt_proj.bias)
+                for i, (xz, a, conv, x_proj, dt_proj, D) in enumerate(streams)
+            )  # (B, L, d_model)
+        y = sum(selective_ssm(xz, conv, x_proj, dt_proj, a, D, self.backend)
+                for xz, a, conv, x_proj, dt_proj, D in streams)  # (B, d_inner, L)
         return self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
 
 

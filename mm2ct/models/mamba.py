@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from mm2ct.ops import selective_scan
+from mm2ct.ops import causal_conv, fused_inner_applies, mamba_inner, selective_scan
 
 
 # ----------------------------------------------------------------------------------------------- 2-D <-> sequence
@@ -90,9 +90,14 @@ def ones_D(d_inner: int, device=None) -> nn.Parameter:
     return p
 
 
-def causal_conv1d(conv: nn.Conv1d, u: torch.Tensor) -> torch.Tensor:
-    """Depthwise causal conv: the conv pads d_conv-1 on both sides; keep the first L outputs. (B, D, L) -> same."""
-    return conv(u)[..., : u.shape[-1]]
+def causal_conv1d(conv: nn.Conv1d, u: torch.Tensor, activation: str | None = None,
+                  backend: str | None = None) -> torch.Tensor:
+    """Depthwise causal conv of ``conv``, then ``activation`` (None or "silu"): (B, D, L) -> same.
+
+    ``mm2ct.ops.causal_conv`` with the (D, 1, K) weight as (D, K): causal-conv1d's kernel on CUDA (backend "auto" or
+    "cuda"), else the conv padded d_conv-1 on both sides with the first L outputs kept.
+    """
+    return causal_conv.causal_conv1d(u, conv.weight[:, 0], conv.bias, activation, backend or "auto")
 
 
 # ----------------------------------------------------------------------------------------------- the SSM path
@@ -105,7 +110,7 @@ def selective_ssm(xz: torch.Tensor, conv1d: nn.Conv1d, x_proj: nn.Linear, dt_pro
     """
     dt_rank, d_state = dt_proj.in_features, A.shape[1]
     u, z = xz.chunk(2, dim=1)  # (B, d_inner, L) each
-    u = F.silu(causal_conv1d(conv1d, u))  # (B, d_inner, L)
+    u = causal_conv1d(conv1d, u, "silu", backend)  # (B, d_inner, L)
     x_dbl = x_proj(u.transpose(1, 2))  # (B, L, dt_rank + 2N)
     dt, B, C = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=-1)
     delta = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias goes in as delta_bias
@@ -148,7 +153,14 @@ class Mamba(nn.Module):
         return selective_ssm(xz, self.conv1d, self.x_proj, self.dt_proj, A, self.D, self.backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(self.inner(x).transpose(1, 2))  # (B, L, d_model)
+        """out_proj(``inner``): (B, L, d_model) -> same; on CUDA in one fused call (``mm2ct.ops.mamba_inner``)."""
+        xz = self.in_proj(x).transpose(1, 2)  # (B, 2*d_inner, L)
+        A = -torch.exp(self.A_log.float())  # (d_inner, N)
+        if fused_inner_applies(xz, self.conv1d.weight, A, self.backend):
+            return mamba_inner(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+                               self.out_proj.weight, self.out_proj.bias, A, self.D, self.dt_proj.bias)
+        y = selective_ssm(xz, self.conv1d, self.x_proj, self.dt_proj, A, self.D, self.backend)  # (B, d_inner, L)
+        return self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
 
 
 # ----------------------------------------------------------------------------------------------- block and stack
