@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from mm2ct.atomic import write_text
 from mm2ct.ops import available_backends, mamba_like_inputs, selective_scan, selective_scan_ref
 
 BATCH, N = 4, 16
@@ -207,10 +208,8 @@ def main(argv=None) -> int:
           + f"; load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     if args.json:
         keys = ("backend", "B", "D", "L", "N", "pass", "ms", "speedup_vs_ref", "bound_ratio", "peak_mb")
-        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps([{k: r[k] for k in keys} for r in rows], indent=1))
-        os.replace(tmp, args.json)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_text(args.json, json.dumps([{k: r[k] for k in keys} for r in rows], indent=1))
         print(f"wrote {args.json}")
     return 0
 

@@ -21,6 +21,8 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
+from mm2ct.atomic import atomic_path
+
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -144,12 +146,8 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, h
     if descrip is not None:
         h["descrip"] = descrip[:79].encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
+    with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -308,15 +306,11 @@ def write_dicom_series(folder: str | os.PathLike, data: np.ndarray, affine: np.n
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T.astype("<i2")).tobytes()
         number = n - k if reverse_files else k + 1
         path = folder / f"{prefix}.{number}.dcm"
-        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        try:
+        with atomic_path(path) as tmp:
             if int(pydicom.__version__.split(".")[0]) >= 3:
                 ds.save_as(str(tmp), enforce_file_format=True)
             else:  # pragma: no cover - pydicom 2.x
                 ds.is_little_endian, ds.is_implicit_VR = True, False
                 ds.save_as(str(tmp), write_like_original=False)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         paths.append(path)
     return paths

@@ -38,6 +38,8 @@ from typing import Any, Callable
 import numpy as np
 from scipy import ndimage
 
+from mm2ct.atomic import write_text
+
 GENERATOR_VERSION = 1
 HU_MIN, HU_MAX = -1024, 3071        # int16 HU range of the SynthRAD releases (data.md §2.2, §4.1)
 
@@ -890,10 +892,7 @@ def generate_dataset(out: str | os.PathLike, n_patients: int, seed: int = 0, gri
         patients.append(dict(id=patient_id(i), seconds=round(time.perf_counter() - t0, 2), **case.params))
         if log:
             log(f"{patient_id(i)}: {patients[-1]['seconds']} s")
-    tmp = out / (MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(dict(spec, patients=patients, label_names=LABEL_NAMES), f, indent=1)
-    os.replace(tmp, out / MANIFEST)
+    write_text(out / MANIFEST, json.dumps(dict(spec, patients=patients, label_names=LABEL_NAMES), indent=1))
     return out
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mm2ct.atomic import atomic_path
 from mm2ct.data import sources
 from mm2ct.data.io import DataError
 from mm2ct.data.preprocess import IntensityNormaliser, SliceGeometry
@@ -57,14 +58,12 @@ def make_split(patients: list[str], counts: tuple[int, int, int], seed: int) -> 
 
 def write_split_csv(path: str | os.PathLike, split: dict[str, str]) -> Path:
     path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["patient", "split"])
         for name in SPLITS:
             for p in sorted(k for k, v in split.items() if v == name):
                 w.writerow([p, name])
-    os.replace(tmp, path)
     return path
 
 

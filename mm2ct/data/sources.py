@@ -29,6 +29,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mm2ct.atomic import atomic_path
 from mm2ct.data import phantom as phantom_mod
 from mm2ct.data.io import DataError, Volume, check_hu, read_dicom_header, read_dicom_series, read_nifti
 from mm2ct.data.preprocess import body_mask_from_ct, body_mask_from_mr, overlap_fraction, resample_to_grid
@@ -300,13 +301,8 @@ def write_syndiff_mat(path: str | os.PathLike, slices: np.ndarray) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("data_fs", data=np.asarray(slices, np.float32).transpose(0, 2, 1))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("data_fs", data=np.asarray(slices, np.float32).transpose(0, 2, 1))
     return path
 
 
