@@ -2,8 +2,8 @@
 
 Read it top to bottom: every default below is what MM2CT (Gong et al. 2025) or, where the paper is silent,
 SynDiff / MambaDFuse use (``docs/method.md``, "Open choices" numbers in brackets).  Profiles
-(``mm2ct/profiles/{smoke,demo,paper}.yaml``) override a subset of fields; ``load_profile`` validates every key
-and type so that a typo in a profile or an override is an error, never silently ignored.
+(``mm2ct/profiles/*.yaml``, listed by ``shipped_profiles``) override a subset of fields; ``load_profile`` validates
+every key and type so that a typo in a profile or an override is an error, never silently ignored.
 
     >>> cfg = load_profile("smoke", train={"epochs": 2})
     >>> cfg.fusion.embed_dim
@@ -21,7 +21,9 @@ from typing import Any
 
 import yaml
 
-PROFILES = ("smoke", "demo", "paper")
+from mm2ct.atomic import write_text
+RETIRED = {"train": {"seed": "use train.seeds (a list; its first seed names the run folder)",
+                     "num_workers": "slices are read from a memory-mapped cache in the training process"}}
 
 
 class ConfigError(ValueError):
@@ -120,10 +122,8 @@ class TrainConfig:
     r1_gamma: float = 1.0            # R1 penalty on the diffusive discriminator
     lazy_reg: int = 10               # R1 every lazy_reg steps
     val_every: int = 1               # epochs between validations (best val PSNR picks the checkpoint) [19]
-    seed: int = 42
-    seeds: tuple[int, ...] = (42,)   # several seeds -> mean +/- std in the reports
+    seeds: tuple[int, ...] = (42,)   # training seeds; several -> mean +/- std in the reports
     amp: bool = False                # bf16/fp16 autocast on CUDA
-    num_workers: int = 0
     jobs: int = 1                    # CPU only: models/seeds trained at once, each in its own process with
                                      # cores // jobs threads (small models barely gain from a 2nd thread)
     device: str = "auto"             # auto | cpu | cuda
@@ -132,7 +132,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     seed: int = 42                   # fixed sampling seed (SynDiff test.py) [21]
-    n_samples: int = 1               # diffusion samples per slice (>1: mean and spread)
+    n_samples: int = 1               # diffusion samples per test slice; > 1 scores their mean (SynDiff: 1)
     max_test_slices: int | None = None  # cap for quick profiles
     figure_slices: int = 3           # test slices shown in Fig. 4
 
@@ -210,6 +210,8 @@ def _apply(obj: Any, updates: dict[str, Any], where: str) -> None:
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in updates.items():
         path = f"{where}.{key}" if where else key
+        if key in RETIRED.get(where, {}):
+            raise ConfigError(f"{path!r} is no longer a setting: {RETIRED[where][key]}")
         if key not in names:
             raise ConfigError(f"unknown key {path!r}; known keys here: {', '.join(sorted(names))}")
         current = getattr(obj, key)
@@ -219,8 +221,20 @@ def _apply(obj: Any, updates: dict[str, Any], where: str) -> None:
             setattr(obj, key, _coerce(value, hints[key], path))
 
 
+def retire_keys(d: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (a checkpoint's) without the keys that ``RETIRED`` lists, so older runs still load."""
+    return {k: ({kk: vv for kk, vv in v.items() if kk not in RETIRED.get(k, {})} if isinstance(v, dict) else v)
+            for k, v in d.items()}
+
+
 def profile_path(name: str) -> Path:
     return Path(str(resources.files("mm2ct") / "profiles" / f"{name}.yaml"))
+
+
+def shipped_profiles() -> tuple[str, ...]:
+    """The profiles that ship with mm2ct: the names of ``mm2ct/profiles/*.yaml``."""
+    return tuple(sorted(Path(p.name).stem for p in (resources.files("mm2ct") / "profiles").iterdir()
+                        if p.name.endswith(".yaml")))
 
 
 def from_dict(d: dict[str, Any], source: str = "<dict>") -> Config:
@@ -259,7 +273,8 @@ def _read_profile(name: str, seen: tuple[str, ...] = ()) -> tuple[Path, dict[str
     """(path, raw mapping) of a profile; ``extends: OTHER`` at the top merges it onto profile OTHER."""
     path = Path(name) if str(name).endswith((".yaml", ".yml")) else profile_path(name)
     if not path.is_file():
-        raise ConfigError(f"unknown profile {name!r}: no file {path} (shipped profiles: {', '.join(PROFILES)})")
+        raise ConfigError(f"unknown profile {name!r}: no file {path} (shipped profiles: "
+                          f"{', '.join(shipped_profiles())})")
     with open(path) as f:
         raw = yaml.safe_load(f) or {}
     if not isinstance(raw, dict):
@@ -294,8 +309,4 @@ def load_profile(name: str = "smoke", data_dir: str | os.PathLike | None = None,
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (atomically)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
-    os.replace(tmp, path)
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

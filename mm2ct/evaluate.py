@@ -12,7 +12,6 @@ profile and git commit that produced it) and returns the summary.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from mm2ct.atomic import atomic_path, write_text
+from mm2ct.checkpoints import load_checkpoint, run_dir
+from mm2ct.metrics import aggregate, fused_stats, paper_metrics, synthrad_metrics
+from mm2ct.provenance import git_commit, portable_path
+from mm2ct.runtime import pick_device
 from mm2ct.workspace import Workspace
 
-EVAL_FORMAT = 2  # written into summary.json; raised whenever evaluate writes new outputs, so that notebooks
-                 # re-evaluate older runs (2: MM2CT predictions carry the fused image, summaries its statistics)
+EVAL_FORMAT = 3  # written into summary.json; raised whenever evaluate writes new outputs, so that notebooks
+                 # re-evaluate older runs (2: MM2CT predictions carry the fused image, summaries its statistics;
+                 # 3: paths relative to the work directory, eval_samples)
 PAPER_KEYS = ("psnr", "ssim")
 HU_KEYS = ("mae_hu", "psnr_hu", "ssim_hu")
 
@@ -31,35 +36,33 @@ HU_KEYS = ("mae_hu", "psnr_hu", "ssim_hu")
 def _write_csv(path: Path, rows: list[dict]) -> None:
     import pandas as pd
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    pd.DataFrame(rows).to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
 
 
-@torch.no_grad()
 def predict(tr, dataset, seed: int, device: torch.device, batch_size: int = 8, max_slices: int | None = None,
-            progress: bool = True) -> dict[str, np.ndarray]:
+            progress: bool = True, samples: int = 1) -> dict[str, np.ndarray]:
     """Synthetic CT for the first ``max_slices`` slices of ``dataset`` (all by default), with one random stream
-    seeded with ``seed``. Returns arrays stacked over slices: pred, ct, mask, t1, t2 ((S, H, W), [-1, 1]) and
+    seeded with ``seed``; with ``samples`` > 1 the prediction is the mean of that many draws per slice and ``spread``
+    their standard deviation. Returns arrays stacked over slices: pred, ct, mask, t1, t2 ((S, H, W), [-1, 1]) and
     patient / slice identifiers (``evaluate`` adds pred_hu and ct_hu in HU); MM2CT models add ``fused``, the
     fusion module's output Φ(T1, T2) ((S, H, W), [-1, 1]) that conditions their generators."""
-    from tqdm.auto import tqdm
+    from mm2ct.predict import predict_batches
 
-    tr.eval()
-    n = len(dataset) if max_slices is None else min(len(dataset), max_slices)
-    g = torch.Generator(device=device).manual_seed(seed)
     keys = ("t1", "t2", "ct", "mask")
     out: dict[str, list] = {k: [] for k in (*keys, "pred", "patient", "slice")}
-    for start in tqdm(range(0, n, batch_size), desc=f"{tr.name}: test slices", disable=not progress, leave=False):
-        items = [dataset[i] for i in range(start, min(n, start + batch_size))]
-        sources = {s: torch.stack([torch.as_tensor(it[s]) for it in items]).to(device) for s in tr.sources}
-        out["pred"].append(tr.translate(sources, generator=g).cpu().numpy()[:, 0])
-        if tr.family == "mm2ct":
-            out.setdefault("fused", []).append(tr.condition(tr.mr(sources)).cpu().numpy()[:, 0])
+    fusion = tr.family == "mm2ct"
+    for batch in predict_batches(tr, dataset, seed, device, batch_size, max_slices, samples, condition=fusion,
+                                 progress=progress, desc=f"{tr.name}: test slices"):
+        out["pred"].append(batch.draws.mean(0))
+        if samples > 1:
+            out.setdefault("spread", []).append(batch.draws.std(0))
+        if fusion:
+            out.setdefault("fused", []).append(batch.condition[:, 0])
         for k in keys:
-            out[k].append(np.stack([np.asarray(it[k])[0] for it in items]))
-        out["patient"] += [it["patient"] for it in items]
-        out["slice"] += [int(it["slice"]) for it in items]
+            out[k].append(np.stack([np.asarray(it[k])[0] for it in batch.items]))
+        out["patient"] += [it["patient"] for it in batch.items]
+        out["slice"] += [int(it["slice"]) for it in batch.items]
     return {k: (np.concatenate(v) if k not in ("patient", "slice") else np.asarray(v)) for k, v in out.items()}
 
 
@@ -77,8 +80,6 @@ def to_hu(x: np.ndarray, patient: str, meta: dict[str, Any]) -> np.ndarray:
 def score(pred: dict[str, np.ndarray], meta: dict[str, Any]) -> tuple[list[dict], list[dict]]:
     """Per-slice paper-style rows and per-patient rows (paper-style means + SynthRAD HU metrics);
     ``meta``: the slice cache's meta (CT normaliser and per-patient scales)."""
-    from mm2ct.metrics import paper_metrics, synthrad_metrics
-
     slice_rows = []
     for i, (p, s) in enumerate(zip(pred["patient"], pred["slice"])):
         m = paper_metrics(pred["pred"][i], pred["ct"][i])
@@ -99,24 +100,8 @@ def score(pred: dict[str, np.ndarray], meta: dict[str, Any]) -> tuple[list[dict]
     return slice_rows, patient_rows
 
 
-def fused_stats(pred: dict[str, np.ndarray]) -> dict[str, float]:
-    """How much of the MR the fused image Φ(T1, T2) carries, over all pixels of the evaluated slices:
-    ``fused_std`` (its spread; T1 and T2 spread 0.42 and 0.24 on the demo phantom; a near-constant Φ leaves the
-    generators that read it almost unconditioned) and ``fused_corr_t1`` / ``fused_corr_t2`` (Pearson r with each
-    source)."""
-    f = pred["fused"].astype(np.float64).ravel()
-    out = {"fused_std": float(f.std())}
-    for k in ("t1", "t2"):
-        x = pred[k].astype(np.float64).ravel()
-        ok = f.std() > 0 and x.std() > 0
-        out[f"fused_corr_{k}"] = float(np.corrcoef(f, x)[0, 1]) if ok else float("nan")
-    return out
-
-
 def _slicewise_synthrad(hu_pred, hu_gt, mask) -> dict[str, float]:
     """Fewer than 7 slices (tiny profiles): SynthRAD metrics per 2-D slice, averaged."""
-    from mm2ct.metrics import synthrad_metrics
-
     rows = [synthrad_metrics(a, b, m) for a, b, m in zip(hu_pred, hu_gt, mask) if m.any()]
     return {k: float(np.nanmean([r[k] for r in rows])) if rows else float("nan") for k in ("mae", "psnr", "ssim")}
 
@@ -131,7 +116,6 @@ def evaluate(ws: Workspace, model: str, seed: int | None = None, split: str = "t
     """Evaluate ``runs/<profile>/<model>[-seed<S>]/best.pt`` on ``split``; write and return the summary."""
     from mm2ct.data.slices import SliceDataset, ensure_cache
     from mm2ct.ops import set_default_backend
-    from mm2ct.train import load_checkpoint, pick_device, run_dir
 
     t0 = time.time()
     run = run_dir(ws, model, seed)
@@ -144,7 +128,7 @@ def evaluate(ws: Workspace, model: str, seed: int | None = None, split: str = "t
     tr, cfg, ckpt = load_checkpoint(ckpt_path, device)
     dataset = SliceDataset(ensure_cache(ws), split, paired=True)
     pred = predict(tr, dataset, ws.cfg.eval.seed, device, batch_size=max(1, cfg.train.batch_size),
-                   max_slices=ws.cfg.eval.max_test_slices, progress=progress)
+                   max_slices=ws.cfg.eval.max_test_slices, progress=progress, samples=ws.cfg.eval.n_samples)
     pred["pred_hu"] = np.stack([to_hu(x, str(p), dataset.meta) for x, p in zip(pred["pred"], pred["patient"])])
     pred["ct_hu"] = np.stack([to_hu(x, str(p), dataset.meta) for x, p in zip(pred["ct"], pred["patient"])])
     slice_rows, patient_rows = score(pred, dataset.meta)
@@ -153,18 +137,17 @@ def evaluate(ws: Workspace, model: str, seed: int | None = None, split: str = "t
     _write_csv(out / "slices.csv", slice_rows)
     _write_csv(out / "patients.csv", patient_rows)
     if keep_predictions:
-        tmp = out / ".predictions.npz.tmp.npz"
-        np.savez_compressed(tmp, **pred)
-        os.replace(tmp, out / "predictions.npz")
-    from mm2ct.metrics import aggregate
+        with atomic_path(out / "predictions.npz") as tmp:
+            np.savez_compressed(tmp, **pred)
 
     agg = aggregate(slice_rows, keys=list(PAPER_KEYS))
     summary: dict[str, Any] = {
         "eval_format": EVAL_FORMAT, "model": model, "profile": ws.profile, "split": split, "seed": ckpt["seed"],
-        "eval_seed": ws.cfg.eval.seed,
-        "checkpoint": str(ckpt_path), "checkpoint_epoch": ckpt["epoch"], "best_val_psnr": ckpt["best_psnr"],
+        "eval_seed": ws.cfg.eval.seed, "eval_samples": ws.cfg.eval.n_samples,
+        "checkpoint": portable_path(ckpt_path, ws.root), "checkpoint_epoch": ckpt["epoch"],
+        "best_val_psnr": ckpt["best_psnr"],
         "train_seconds": round(ckpt["seconds"], 1), "train_commit": ckpt["git_commit"],
-        "data": str(ws.data_root), "n_slices": len(slice_rows), "n_patients": len(patient_rows),
+        "data": portable_path(ws.data_root, ws.root), "n_slices": len(slice_rows), "n_patients": len(patient_rows),
     }
     for k in PAPER_KEYS:
         summary[k] = agg[k]["slice_mean"]
@@ -173,13 +156,9 @@ def evaluate(ws: Workspace, model: str, seed: int | None = None, split: str = "t
         summary[k], summary[f"{k}_std"] = _mean_std(r[k] for r in patient_rows)
     if "fused" in pred:
         summary.update(fused_stats(pred))
-    from mm2ct.train import git_commit
-
     summary["eval_commit"] = git_commit()
     summary["eval_seconds"] = round(time.time() - t0, 1)
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "summary.json")
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

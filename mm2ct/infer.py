@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 HU_CLIP = (-1024.0, 3071.0)       # int16 HU range of the SynthRAD releases (docs/data.md §2.2, §5)
 _NIFTI_EXT = (".nii.gz", ".nii")
@@ -134,28 +135,18 @@ def predict_slices(tr, slices: dict[str, np.ndarray], samples: int, batch_size: 
                    device: torch.device, progress: bool = True, to_hu=None) -> tuple[np.ndarray, np.ndarray | None]:
     """Translate (Z, S, S) normalised slices per source in batches: (mean, std over ``samples``) of ``to_hu(pred)``
     (the identity by default), each (Z, S, S); std is None for one sample."""
-    import torch
-    from tqdm.auto import tqdm
+    from mm2ct.predict import ArraySlices, predict_batches
 
     to_hu = to_hu or (lambda x: x)
-    n = next(iter(slices.values())).shape[0]
-    g = torch.Generator(device=device).manual_seed(seed)
-    mean = np.empty((n, tr.image_size, tr.image_size), np.float32)
+    data = ArraySlices(slices)
+    mean = np.empty((len(data), tr.image_size, tr.image_size), np.float32)
     std = np.empty_like(mean) if samples > 1 else None
-    desc = f"{tr.name}: slices" + (f" x {samples} samples" if samples > 1 else "")
-    with torch.no_grad(), tqdm(total=n, desc=desc, unit="slice", disable=not progress, file=sys.stderr,
-                               dynamic_ncols=True) as bar:
-        for start in range(0, n, batch_size):
-            stop = min(n, start + batch_size)
-            src = {k: torch.from_numpy(np.ascontiguousarray(v[start:stop]))[:, None].to(device)
-                   for k, v in slices.items()}                                       # (B, 1, S, S)
-            if samples > 1:
-                draws = to_hu(tr.sample(src, samples, generator=g)[:, :, 0].float().cpu().numpy())  # (K, B, S, S)
-                mean[start:stop] = draws.mean(0)
-                std[start:stop] = draws.std(0)
-            else:
-                mean[start:stop] = to_hu(tr.translate(src, generator=g)[:, 0].float().cpu().numpy())
-            bar.update(stop - start)
+    for batch in predict_batches(tr, data, seed, device, batch_size, samples=samples, progress=progress):
+        draws = to_hu(batch.draws)  # (K, B, S, S)
+        stop = batch.start + len(batch.items)
+        mean[batch.start:stop] = draws.mean(0)
+        if std is not None:
+            std[batch.start:stop] = draws.std(0)
     return mean, std
 
 
@@ -175,8 +166,9 @@ def translate_volume(checkpoint: str | os.PathLike, t1: str | os.PathLike | None
     """
     from mm2ct.data.io import DataError, write_like
     from mm2ct.data.preprocess import SliceGeometry
+    from mm2ct.checkpoints import load_checkpoint
     from mm2ct.ops import set_default_backend
-    from mm2ct.train import load_checkpoint, pick_device
+    from mm2ct.runtime import pick_device
 
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")

@@ -320,3 +320,18 @@ def aggregate(
             "n_patients": len(patient_vals),
         }
     return out
+
+
+# ----------------------------------------------------------------------------------------------- fused image
+def fused_stats(pred: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """How much of the MR the fused image Φ(T1, T2) carries, over all pixels of the evaluated slices:
+    ``fused_std`` (its spread; a near-constant Φ leaves the generators that read it almost unconditioned) and
+    ``fused_corr_t1`` / ``fused_corr_t2`` (Pearson r with each source). ``pred``: arrays "fused", "t1", "t2" of one
+    shape, in the network's [-1, 1] range."""
+    f = np.asarray(pred["fused"], dtype=np.float64).ravel()
+    out = {"fused_std": float(f.std())}
+    for k in ("t1", "t2"):
+        x = np.asarray(pred[k], dtype=np.float64).ravel()
+        ok = f.std() > 0 and x.std() > 0
+        out[f"fused_corr_{k}"] = float(np.corrcoef(f, x)[0, 1]) if ok else float("nan")
+    return out

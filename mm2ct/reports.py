@@ -29,7 +29,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from mm2ct.atomic import atomic_path, write_text
+from mm2ct.checkpoints import run_dir
+from mm2ct.metrics import fused_stats
+from mm2ct.provenance import git_commit
 from mm2ct.workspace import Workspace
 
 # Summary keys shown in the tables: (summary key, key of its across-patient std, column label, decimals)
@@ -130,20 +133,9 @@ class Figure4:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _atomic_write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def _atomic_savefig(fig, path: Path, fmt: str, metadata: dict[str, str]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt, metadata=metadata, dpi=150)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -155,8 +147,6 @@ def _make_command(ws: Workspace, model: str, seed: int, trained: bool) -> str:
 
 
 def _eval_dir(ws: Workspace, model: str, seed: int) -> Path:
-    from mm2ct.train import run_dir
-
     return run_dir(ws, model, seed) / "eval"
 
 
@@ -243,8 +233,6 @@ def _fmt(v: float, decimals: int) -> str:
 
 def provenance(ws: Workspace, summaries: dict, what: str) -> dict[str, Any]:
     """Who made the numbers: profile, data, seeds, commits and wall time of every run, plus the report's commit."""
-    from mm2ct.train import git_commit
-
     runs = []
     for (m, s), sm in summaries.items():
         runs.append({"model": m, "seed": s, "summary": sm["_path"], "checkpoint": sm.get("checkpoint"),
@@ -452,9 +440,9 @@ def _build(ws: Workspace, name: str, label: str, title: str, specs: tuple[RowSpe
                                                              for m, d in per_seed.items()},
                    "ordering": _jsonable(ordering), "provenance": prov}
         table.paths = {
-            "csv": _atomic_write_text(out / f"{name}.csv", _csv(rows, prov, ordering)),
-            "md": _atomic_write_text(out / f"{name}.md", md),
-            "json": _atomic_write_text(out / f"{name}.json", json.dumps(_jsonable(sidecar), indent=2) + "\n"),
+            "csv": write_text(out / f"{name}.csv", _csv(rows, prov, ordering)),
+            "md": write_text(out / f"{name}.md", md),
+            "json": write_text(out / f"{name}.json", json.dumps(_jsonable(sidecar), indent=2) + "\n"),
         }
     return table
 
@@ -483,7 +471,8 @@ def table1(ws: Workspace, seeds: list[int] | None = None, write: bool = True) ->
 def table2(ws: Workspace, seeds: list[int] | None = None, write: bool = True) -> Table:
     """Table 2: MM2CT ablation of the Mamba fusion module and dynamic enhancement (DE), paper numbers beside."""
     return _build(ws, "table2", "Table 2",
-                  f"Table 2 — ablation of the Mamba fusion module and DE (profile {ws.profile})", TABLE2, _ordering_table2, seeds, write,
+                  f"Table 2 — ablation of the Mamba fusion module and DE (profile {ws.profile})", TABLE2,
+                  _ordering_table2, seeds, write,
                   ["", "Row 1 is the paper's: its numbers equal the paper's best single-modality SynDiff row, so "
                        "it is Table 1's SynDiff (T1 or T2, whichever has the better validation PSNR in each seed; "
                        "not trained again; method.md open choice 23). The conv-only fusion (shared stem, average, "
@@ -642,7 +631,7 @@ def figure4(ws: Workspace, models: list[str] | None = None, seed: int | None = N
             "pdf": _atomic_savefig(fig, out / "figure4.pdf", "pdf",
                                    {"Title": "MM2CT Fig. 4", "Subject": caption, "Keywords": meta_common,
                                     "Creator": "mm2ct.reports.figure4"}),
-            "txt": _atomic_write_text(out / "figure4.txt", text),
+            "txt": write_text(out / "figure4.txt", text),
         }
     return result
 
@@ -652,11 +641,9 @@ def fused_figure(ws: Workspace, models: list[str] | None = None, seed: int | Non
                  n_slices: int | None = None, write: bool = True) -> Figure4:
     """What each fusion model feeds its generators: per test slice T1 | T2 | Φ(T1, T2) of each model, all in the
     network's [-1, 1] range with one grey window, so a low-contrast Φ shows as such. Panel titles give Φ's spread
-    and its Pearson r with T1 and T2 over all test slices (``mm2ct.evaluate.fused_stats``). Written as
+    and its Pearson r with T1 and T2 over all test slices (``mm2ct.metrics.fused_stats``). Written as
     ``fused.png`` / ``fused.txt`` (caption + provenance); the slices are Fig. 4's."""
     from matplotlib.figure import Figure
-
-    from mm2ct.evaluate import fused_stats
 
     models = list(models or FUSION_MODELS)
     seed = int(ws.cfg.train.seeds[0] if seed is None else seed)
@@ -708,6 +695,6 @@ def fused_figure(ws: Workspace, models: list[str] | None = None, seed: int | Non
         result.paths = {
             "png": _atomic_savefig(fig, out / "fused.png", "png",
                                    {"Title": "MM2CT fused images", "Description": text, "Software": "mm2ct.reports"}),
-            "txt": _atomic_write_text(out / "fused.txt", text),
+            "txt": write_text(out / "fused.txt", text),
         }
     return result

@@ -19,124 +19,23 @@ import csv
 import dataclasses
 import math
 import os
-import random
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from mm2ct.config import Config, ConfigError, from_dict, save_config
+from mm2ct.checkpoints import EMA, atomic_save, make_checkpoint, run_dir, set_rng_state
+from mm2ct.config import Config, ConfigError, from_dict, retire_keys, save_config
+from mm2ct.provenance import git_commit
+from mm2ct.runtime import pick_device, seed_everything
 from mm2ct.workspace import Workspace
-
-CHECKPOINT_FORMAT = "mm2ct-checkpoint/1"
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
-def git_commit(root: str | os.PathLike | None = None) -> str:
-    """The checkout's commit (with ``+dirty`` when it has uncommitted changes outside ``reports/``, whose tracked
-    artefacts a reproduction itself rewrites), or ``unknown``."""
-    from mm2ct import repo_root
-
-    try:
-        root = repo_root() if root is None else root
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports"],
-                               cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name!r} but CUDA is not available here")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a kill never leaves a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-class EMA:
-    """Exponential moving average of the generators' parameters (SynDiff ``--use_ema``; method.md §2.7).
-
-    shadow <- decay * shadow + (1 - decay) * param after every generator step. ``swapped(modules)`` puts the
-    averages into the modules for evaluation and restores the live weights afterwards.
-    """
-
-    def __init__(self, modules: list[torch.nn.Module], decay: float):
-        self.decay = decay
-        self.params = [p for m in modules for p in m.parameters()]
-        self.shadow = [p.detach().clone() for p in self.params]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - self.decay)
-
-    @torch.no_grad()
-    def copy_to_params(self) -> None:
-        for s, p in zip(self.shadow, self.params):
-            p.copy_(s)
-
-    def swapped(self):
-        ema = self
-
-        class _Swap:
-            def __enter__(self):
-                self.live = [p.detach().clone() for p in ema.params]
-                ema.copy_to_params()
-
-            def __exit__(self, *exc):
-                with torch.no_grad():
-                    for live, p in zip(self.live, ema.params):
-                        p.copy_(live)
-
-        return _Swap()
-
-    def state_dict(self) -> list[torch.Tensor]:
-        return [s.clone() for s in self.shadow]
-
-    def load_state_dict(self, state: list[torch.Tensor]) -> None:
-        if len(state) != len(self.shadow):
-            raise ValueError(f"EMA state has {len(state)} tensors, the model {len(self.shadow)}")
-        with torch.no_grad():
-            for s, v in zip(self.shadow, state):
-                s.copy_(v)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _all_reduce_grads(modules: list[torch.nn.Module], world: int) -> None:
     """Average gradients across ranks (data-parallel training without wrapping every network in DDP)."""
     grads = [p.grad for m in modules for p in m.parameters() if p.grad is not None]
@@ -150,38 +49,6 @@ def _all_reduce_grads(modules: list[torch.nn.Module], world: int) -> None:
         n = g.numel()
         g.copy_(flat[offset:offset + n].view_as(g))
         offset += n
-
-
-def run_dir(ws: Workspace, model: str, seed: int | None = None) -> Path:
-    """``runs/<profile>/<model>`` for the profile's first seed, ``runs/<profile>/<model>-seed<S>`` otherwise."""
-    seed = ws.cfg.train.seeds[0] if seed is None else seed
-    return ws.runs_dir / (model if seed == ws.cfg.train.seeds[0] else f"{model}-seed{seed}")
-
-
-# ----------------------------------------------------------------------------------------------------- loading
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = True):
-    """Rebuild the translator a checkpoint was trained as (from the config it carries) with its EMA weights
-    (``ema=False``: the live weights). Returns (translator in eval mode, Config, checkpoint dict)."""
-    from mm2ct.translators import build
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a corrupt file
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not an mm2ct checkpoint (expected format {CHECKPOINT_FORMAT!r})")
-    cfg = from_dict(ckpt["config"], source=str(path))
-    tr = build(ckpt["model"], cfg).to(device)
-    tr.load_state_dict(ckpt["translator"])
-    if ema and ckpt.get("ema") is not None:
-        e = EMA(tr.generators(), cfg.train.ema_decay)
-        e.load_state_dict(ckpt["ema"])
-        e.copy_to_params()
-    tr.eval()
-    return tr, cfg, ckpt
 
 
 # ----------------------------------------------------------------------------------------------------- training
@@ -215,23 +82,15 @@ def _batches(dataset, batch_size: int, seed: int, epoch: int, rank: int, world: 
                else [it[k] for it in items] for k in items[0]}
 
 
-@torch.no_grad()
 def validate(tr, dataset, cfg: Config, device: torch.device, max_slices: int | None = None) -> float:
     """Mean paper-style PSNR (method.md §8.5) of ``tr.translate`` over the validation slices (seed cfg.eval.seed)."""
     from mm2ct.metrics import paper_metrics
+    from mm2ct.predict import predict_batches
 
-    tr.eval()
-    n = len(dataset) if max_slices is None else min(len(dataset), max_slices)
-    g = torch.Generator(device=device).manual_seed(cfg.eval.seed)
-    scores = []
-    bs = max(1, cfg.train.batch_size)
-    for start in range(0, n, bs):
-        items = [dataset[i] for i in range(start, min(n, start + bs))]
-        sources = {s: torch.stack([torch.as_tensor(it[s]) for it in items]).to(device) for s in tr.sources}
-        pred = tr.translate(sources, generator=g).cpu().numpy()
-        for p, it in zip(pred, items):
-            scores.append(paper_metrics(p[0], np.asarray(it["ct"])[0])["psnr"])
-    tr.train()
+    scores = [paper_metrics(pred, np.asarray(it["ct"])[0])["psnr"]
+              for batch in predict_batches(tr, dataset, cfg.eval.seed, device, max(1, cfg.train.batch_size),
+                                           max_slices, progress=False)
+              for pred, it in zip(batch.draws[0], batch.items)]
     finite = [s for s in scores if np.isfinite(s)]
     return float(np.mean(finite)) if finite else float("nan")
 
@@ -299,7 +158,7 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
         sched_d.load_state_dict(ckpt["sched_d"])
         epoch, step = ckpt["epoch"], ckpt["step"]
         best_psnr, best_epoch, seconds = ckpt["best_psnr"], ckpt["best_epoch"], ckpt["seconds"]
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         if rank == 0:  # a kill between the log append and the checkpoint leaves rows of an unsaved epoch
             for name in ("log.csv", "val.csv"):
                 _truncate_csv(out / name, epoch)
@@ -363,12 +222,12 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
                                                "seconds": round(seconds, 1)}])
                 if psnr > best_psnr or best_epoch < 0:
                     best_psnr, best_epoch = psnr, epoch
-                    atomic_save(_checkpoint(tr, ema, None, normalisers, model, cfg, epoch, step, best_psnr, best_epoch,
-                                            seconds, commit, seed), out / "best.pt")
+                    atomic_save(make_checkpoint(tr, ema, None, normalisers, model, cfg, epoch, step, best_psnr,
+                                                best_epoch, seconds, commit, seed), out / "best.pt")
                 log(f"{model}: epoch {epoch}/{tc.epochs}  val PSNR {psnr:.2f} dB  (best {best_psnr:.2f} @ "
                     f"{best_epoch})  {seconds:.0f} s")
-            atomic_save(_checkpoint(tr, ema, (opt_g, opt_d, sched_g, sched_d), normalisers, model, cfg, epoch, step, best_psnr,
-                                    best_epoch, seconds, commit, seed), last)
+            atomic_save(make_checkpoint(tr, ema, (opt_g, opt_d, sched_g, sched_d), normalisers, model, cfg, epoch,
+                                        step, best_psnr, best_epoch, seconds, commit, seed), last)
         if world > 1:
             dist.barrier()
         if stop_after_epochs is not None and ran >= stop_after_epochs:
@@ -384,7 +243,7 @@ def same_run_config(saved: dict | None, cfg: Config, model: str | None = None) -
     if not isinstance(saved, dict):
         return False
     try:
-        old = from_dict(saved)
+        old = from_dict(retire_keys(saved))
     except ConfigError:  # a field this version no longer knows
         return False
     from mm2ct.translators import MODELS
@@ -479,19 +338,6 @@ def train_all(ws: Workspace, models: list[str], seeds: list[int], jobs: int | No
             results[futures[fut]] = r
             log(_summary(r))
     return results  # type: ignore[return-value]
-
-
-def _checkpoint(tr, ema, opts, normalisers, model, cfg, epoch, step, best_psnr, best_epoch, seconds, commit,
-                seed) -> dict:
-    ckpt = {"format": CHECKPOINT_FORMAT, "model": model, "config": cfg.to_dict(), "translator": tr.state_dict(),
-            "normalisers": normalisers,
-            "ema": ema.state_dict(), "epoch": epoch, "step": step, "best_psnr": best_psnr, "best_epoch": best_epoch,
-            "seconds": seconds, "git_commit": commit, "seed": seed, "torch": torch.__version__}
-    if opts is not None:
-        opt_g, opt_d, sched_g, sched_d = opts
-        ckpt.update(opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), sched_g=sched_g.state_dict(),
-                    sched_d=sched_d.state_dict(), rng=_rng_state())
-    return ckpt
 
 
 def _truncate_csv(path: Path, epoch: int) -> None:

@@ -36,7 +36,7 @@ def _model(seed: int = 0, **over) -> FusionModule:
 
 def _pair(batch: int = 2, size: int = 8, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.rand(batch, 1, size, size, generator=g) * 2 - 1, torch.rand(batch, 1, size, size, generator=g) * 2 - 1)
+    return tuple(torch.rand(batch, 1, size, size, generator=g) * 2 - 1 for _ in range(2))
 
 
 # ----------------------------------------------------------------------------------------------- channel swap

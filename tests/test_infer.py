@@ -16,7 +16,7 @@ from mm2ct.data.io import DataError
 from mm2ct.data.phantom import generate_patient, write_patient
 from mm2ct.data.preprocess import IntensityNormaliser
 from mm2ct.infer import spread_path, translate_volume
-from mm2ct.train import EMA, _checkpoint, atomic_save
+from mm2ct.checkpoints import EMA, atomic_save, make_checkpoint
 from mm2ct.translators import build
 
 
@@ -33,8 +33,8 @@ def _normalisers(cfg, case) -> dict:
 def _save_checkpoint(path, model, cfg, normalisers=None):
     torch.manual_seed(0)
     tr = build(model, cfg)
-    ck = _checkpoint(tr, EMA(tr.generators(), cfg.train.ema_decay), None, normalisers, model, cfg, 1, 2, 0.0, 1, 1.0,
-                     "test", 42)
+    ck = make_checkpoint(tr, EMA(tr.generators(), cfg.train.ema_decay), None, normalisers, model, cfg, 1, 2, 0.0, 1,
+                         1.0, "test", 42)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save(ck, path)
     return path

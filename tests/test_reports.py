@@ -10,7 +10,7 @@ import pytest
 
 from mm2ct import reports
 from mm2ct.evaluate import EVAL_FORMAT
-from mm2ct.train import run_dir
+from mm2ct.checkpoints import run_dir
 from mm2ct.workspace import resolve
 
 TABLE1_MODELS = ["cyclegan_t1", "cyclegan_t2", "syndiff_t1", "syndiff_t2", "mm2ct"]
@@ -27,7 +27,8 @@ def _summary(ws, model, seed, psnr, ssim, mae=80.0, commit="abc1234", val_psnr=2
     s = {"model": model, "profile": ws.profile, "seed": seed, "psnr": psnr, "ssim": ssim,
          "psnr_patient_mean": psnr, "psnr_patient_std": 0.5, "ssim_patient_mean": ssim, "ssim_patient_std": 1.5,
          "mae_hu": mae, "mae_hu_std": 4.0, "psnr_hu": psnr + 1.0, "psnr_hu_std": 0.25, "ssim_hu": 0.8125,
-         "ssim_hu_std": 0.0125, "checkpoint": str(ev.parent / "best.pt"), "checkpoint_epoch": 3, "best_val_psnr": val_psnr,
+         "ssim_hu_std": 0.0125, "checkpoint": str(ev.parent / "best.pt"), "checkpoint_epoch": 3,
+         "best_val_psnr": val_psnr,
          "train_seconds": 100.0, "eval_seconds": 10.0, "train_commit": commit, "eval_commit": commit + "e",
          "data": "/data/phantom", "n_slices": 12, "n_patients": 2, "eval_format": EVAL_FORMAT}
     (ev / "summary.json").write_text(json.dumps(s))

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from mm2ct.config import load_profile
-from mm2ct.train import EMA, load_checkpoint, run_dir, same_run_config, seed_everything, train
+from mm2ct.checkpoints import EMA, load_checkpoint, run_dir
+from mm2ct.runtime import seed_everything
+from mm2ct.train import same_run_config, train
 from mm2ct.translators import build
 from mm2ct.workspace import resolve
 
@@ -124,7 +126,7 @@ def test_cosine_schedule_period(root) -> None:
 def test_git_commit_is_dirty_for_code_changes_not_for_reports(tmp_path) -> None:
     import subprocess
 
-    from mm2ct.train import git_commit
+    from mm2ct.provenance import git_commit
 
     def git(*args):
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,

@@ -19,7 +19,7 @@ import torch
 
 from mm2ct.data.slices import SliceDataset
 from mm2ct.metrics import paper_metrics
-from mm2ct.train import load_checkpoint
+from mm2ct.checkpoints import load_checkpoint
 from mm2ct.workspace import resolve
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mm2ct.data.slices import SliceDataset, ensure_cache
-from mm2ct.evaluate import fused_stats
+from mm2ct.metrics import fused_stats
 from mm2ct.translators import build
 from mm2ct.workspace import resolve
 

@@ -9,7 +9,8 @@ from mm2ct.models.mamba import (Mamba, MambaBlock, MambaStack, close_stream, map
                                 sequence_to_map, set_scan_backend)
 
 __all__ = [
-    "DFEM", "ECA", "LDC", "CrossModalMamba", "FinalFusion", "FusionModule", "M3Block", "Mamba", "MambaBlock", "MambaStack",
+    "DFEM", "ECA", "LDC", "CrossModalMamba", "FinalFusion", "FusionModule", "M3Block", "Mamba", "MambaBlock",
+    "MambaStack",
     "TokenSwapMamba", "channel_swap", "close_stream", "difference_attention", "map_to_sequence", "parameter_table",
     "raster_index", "sequence_to_map", "set_scan_backend",
 ]
