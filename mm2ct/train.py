@@ -78,8 +78,46 @@ def _batches(dataset, batch_size: int, seed: int, epoch: int, rank: int, world: 
     for i in range(n):
         idx = order[(i * world + rank) * batch_size:(i * world + rank + 1) * batch_size]
         items = [dataset[j] for j in idx]
-        yield {k: torch.stack([torch.as_tensor(it[k]) for it in items]) if isinstance(items[0][k], (np.ndarray, torch.Tensor))
+        arrays = (np.ndarray, torch.Tensor)
+        yield {k: torch.stack([torch.as_tensor(it[k]) for it in items]) if isinstance(items[0][k], arrays)
                else [it[k] for it in items] for k in items[0]}
+
+
+def make_optimisers(tr, tc):
+    """Adam (beta1, beta2) for the generators (fusion module included) and for the discriminators, each with a
+    cosine decay per epoch to ``lr_min`` over ``lr_schedule_epochs`` (default ``epochs``): (opt_g, opt_d, sched_g,
+    sched_d)."""
+    betas = (tc.beta1, tc.beta2)
+    opt_g = torch.optim.Adam([p for m in tr.generators() for p in m.parameters()], lr=tc.lr_g, betas=betas)
+    opt_d = torch.optim.Adam([p for m in tr.discriminators() for p in m.parameters()], lr=tc.lr_d, betas=betas)
+    period = tc.lr_schedule_epochs or tc.epochs
+    sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, T_max=period, eta_min=tc.lr_min)
+    sched_d = torch.optim.lr_scheduler.CosineAnnealingLR(opt_d, T_max=period, eta_min=tc.lr_min)
+    return opt_g, opt_d, sched_g, sched_d
+
+
+def train_step(tr, batch: dict, step: int, tc, opt_d, opt_g, amp: bool = False, world: int = 1) -> dict[str, float]:
+    """One training step (method.md §2.6): the discriminator step (diffusive + non-diffusive losses, R1 every
+    ``lazy_reg`` steps), then the generator step; gradients averaged across ``world`` ranks before each optimiser
+    step; bf16 autocast with ``amp``. ``batch`` on the model's device. Returns the logged losses as floats."""
+    from mm2ct.losses import d_step_losses, g_step_losses
+
+    device_type = next(tr.parameters()).device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+        opt_d.zero_grad(set_to_none=True)
+        loss_d, logs_d = d_step_losses(tr, batch, step, tc)
+    loss_d.backward()
+    if world > 1:
+        _all_reduce_grads(tr.discriminators(), world)
+    opt_d.step()
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+        opt_g.zero_grad(set_to_none=True)
+        loss_g, logs_g = g_step_losses(tr, batch, tc)
+    loss_g.backward()
+    if world > 1:
+        _all_reduce_grads(tr.generators(), world)
+    opt_g.step()
+    return {k: float(v) for k, v in {**logs_d, **logs_g}.items()}
 
 
 def validate(tr, dataset, cfg: Config, device: torch.device, max_slices: int | None = None) -> float:
@@ -105,7 +143,6 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
     from tqdm.auto import tqdm
 
     from mm2ct.data.slices import SliceDataset, ensure_cache
-    from mm2ct.losses import d_step_losses, g_step_losses
     from mm2ct.ops import set_default_backend
     from mm2ct.translators import build
 
@@ -131,14 +168,8 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
 
     seed_everything(seed)
     tr = build(model, cfg).to(device)
-    gens, discs = tr.generators(), tr.discriminators()
-    betas = (tc.beta1, tc.beta2)
-    opt_g = torch.optim.Adam([p for m in gens for p in m.parameters()], lr=tc.lr_g, betas=betas)
-    opt_d = torch.optim.Adam([p for m in discs for p in m.parameters()], lr=tc.lr_d, betas=betas)
-    period = tc.lr_schedule_epochs or tc.epochs
-    sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, T_max=period, eta_min=tc.lr_min)
-    sched_d = torch.optim.lr_scheduler.CosineAnnealingLR(opt_d, T_max=period, eta_min=tc.lr_min)
-    ema = EMA(gens, tc.ema_decay)
+    opt_g, opt_d, sched_g, sched_d = make_optimisers(tr, tc)
+    ema = EMA(tr.generators(), tc.ema_decay)
     epoch, step, best_psnr, best_epoch, seconds = 0, 0, -math.inf, -1, 0.0
 
     last = out / "last.pt"
@@ -184,24 +215,10 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
         rows = []
         for batch in bar:
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                opt_d.zero_grad(set_to_none=True)
-                loss_d, logs_d = d_step_losses(tr, batch, step, tc)
-            loss_d.backward()
-            if world > 1:
-                _all_reduce_grads(discs, world)
-            opt_d.step()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                opt_g.zero_grad(set_to_none=True)
-                loss_g, logs_g = g_step_losses(tr, batch, tc)
-            loss_g.backward()
-            if world > 1:
-                _all_reduce_grads(gens, world)
-            opt_g.step()
+            logs = train_step(tr, batch, step, tc, opt_d, opt_g, amp, world)
             ema.update()
             step += 1
-            row = {"epoch": epoch + 1, "step": step, "lr_g": opt_g.param_groups[0]["lr"],
-                   **{k: float(v) for k, v in {**logs_d, **logs_g}.items()}}
+            row = {"epoch": epoch + 1, "step": step, "lr_g": opt_g.param_groups[0]["lr"], **logs}
             if not all(math.isfinite(v) for v in row.values()):
                 raise FloatingPointError(f"{model}: non-finite loss at step {step}: {row}")
             rows.append(row)
