@@ -24,6 +24,7 @@ Models contain no training logic (losses: ``mm2ct.losses``).
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Mapping
 
@@ -55,14 +56,15 @@ def _rng(device: torch.device, seed: int | None, generator: torch.Generator | No
     return None if seed is None else torch.Generator(device=device).manual_seed(seed)
 
 
-class Translator(nn.Module):
-    """MR -> CT translator with the non-diffusive half shared by every family (CycleGAN alone, §8.6).
+class Translator(nn.Module, abc.ABC):
+    """Base of every MR -> CT translator: the non-diffusive half that every family shares (§2.5, §8.6) and the
+    inference API; a family says how it generates CT (``generate``). Not a model by itself.
 
     Attributes: ``name``, ``family`` ("cyclegan", "syndiff" or "mm2ct"), ``sources`` (("t1",), ("t2",) or
     ("t1", "t2")), ``image_size``; ``generator_names`` / ``discriminator_names`` list the networks.
     """
 
-    family = "cyclegan"
+    family: str
     generator_names: tuple[str, ...] = ("G_nd_ab", "G_nd_ba")
     discriminator_names: tuple[str, ...] = ("D_nd_a", "D_nd_b")
 
@@ -105,9 +107,9 @@ class Translator(nn.Module):
         """What a generator reading MR sees: (B, C_A, H, W) -> (B, condition_channels, H, W)."""
         return x_a
 
+    @abc.abstractmethod
     def generate(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Synthetic CT (B, 1, H, W) from ``condition(MR)``. CycleGAN: G_nd_ab (deterministic)."""
-        return self.G_nd_ab(cond)
+        """Synthetic CT (B, 1, H, W) in [-1, 1] from ``condition(MR)``, drawing randomness from ``generator``."""
 
     @torch.no_grad()
     def translate(self, sources: Mapping[str, torch.Tensor], seed: int | None = None,
@@ -126,6 +128,15 @@ class Translator(nn.Module):
         cond = self.condition(self.mr(sources))
         g = _rng(cond.device, seed, generator)
         return torch.stack([self.generate(cond, g) for _ in range(n)])
+
+
+class CycleGAN(Translator):
+    """CycleGAN baseline (§8.6): SynDiff's non-diffusive half alone; MR -> CT is G_nd_ab (deterministic)."""
+
+    family = "cyclegan"
+
+    def generate(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.G_nd_ab(cond)
 
 
 class SynDiff(Translator):
@@ -176,7 +187,7 @@ class MM2CT(SynDiff):
         return self.fusion(x_a[:, 0:1], x_a[:, 1:2])
 
 
-FAMILIES = {"cyclegan": Translator, "syndiff": SynDiff, "mm2ct": MM2CT}
+FAMILIES = {"cyclegan": CycleGAN, "syndiff": SynDiff, "mm2ct": MM2CT}
 
 
 def build(name: str, cfg) -> Translator:

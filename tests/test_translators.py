@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mm2ct.config import Config, load_profile
-from mm2ct.translators import MODELS, MM2CT, SynDiff, Translator, build, parameter_counts
+from mm2ct.translators import MODELS, MM2CT, CycleGAN, SynDiff, Translator, build, parameter_counts
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def sources(make_images) -> dict[str, torch.Tensor]:
 
 
 EXPECTED = {  # name -> (class, sources, fusion (mamba, de) or None)
-    "cyclegan_t1": (Translator, ("t1",), None), "cyclegan_t2": (Translator, ("t2",), None),
+    "cyclegan_t1": (CycleGAN, ("t1",), None), "cyclegan_t2": (CycleGAN, ("t2",), None),
     "syndiff_t1": (SynDiff, ("t1",), None), "syndiff_t2": (SynDiff, ("t2",), None),
     "mm2ct": (MM2CT, ("t1", "t2"), (True, True)), "mm2ct_node": (MM2CT, ("t1", "t2"), (True, False)),
     "mm2ct_nomamba": (MM2CT, ("t1", "t2"), (False, False)),
@@ -32,14 +32,22 @@ def test_every_name_builds_with_its_sources_and_networks(models) -> None:
     for name, tr in models.items():
         cls, sources, fusion = EXPECTED[name]
         assert type(tr) is cls and tr.name == name and tr.sources == sources
-        gens = ["G_nd_ab", "G_nd_ba"] + (["G_diff_a", "G_diff_b"] if cls is not Translator else [])
-        discs = (["D_diff_a", "D_diff_b"] if cls is not Translator else []) + ["D_nd_a", "D_nd_b"]
+        assert isinstance(tr, Translator)
+        gens = ["G_nd_ab", "G_nd_ba"] + (["G_diff_a", "G_diff_b"] if cls is not CycleGAN else [])
+        discs = (["D_diff_a", "D_diff_b"] if cls is not CycleGAN else []) + ["D_nd_a", "D_nd_b"]
         if fusion is not None:
             gens.append("fusion")
             assert (tr.fusion.cfg.mamba, tr.fusion.cfg.de) == fusion
         assert list(tr.generator_names) == gens and list(tr.discriminator_names) == discs
         assert tr.generators() == [getattr(tr, n) for n in gens]
         assert tr.discriminators() == [getattr(tr, n) for n in discs]
+
+
+def test_the_base_class_is_abstract(cfg) -> None:
+    """Translator holds what every family shares; only a family (CycleGAN, SynDiff, MM2CT) says how to generate."""
+    with pytest.raises(TypeError, match="abstract"):
+        Translator("cyclegan_t1", ("t1",), cfg)
+    assert not issubclass(SynDiff, CycleGAN) and issubclass(MM2CT, SynDiff)
 
 
 def test_mm2ct_wiring_channels(models) -> None:
