@@ -285,10 +285,47 @@ def test_missing_compiler_warns_once_and_falls_back(monkeypatch):
         selective_scan(**x, backend="cpu")
 
 
-def test_extension_name_carries_a_cpu_fingerprint():
-    """-march=native code is cached under a name that changes with the CPU, so a shared cache is safe."""
-    assert cpu_kernel.cpu_fingerprint() in cpu_kernel.extension_name()
+def test_extension_name_changes_with_everything_the_build_depends_on(monkeypatch):
+    """-march=native code is cached under a name that changes with the CPU, the source, the flags and the torch it
+    links against (so checkouts, machines and environments sharing one cache never load each other's build), and
+    stays the same otherwise (so a second session loads the cached build instead of compiling)."""
+    base = cpu_kernel.extension_name()
+    assert base == cpu_kernel.extension_name() and base.isidentifier()
+    changed = []
+    with monkeypatch.context() as m:
+        m.setattr(cpu_kernel.Path, "read_text", lambda self, *a, **k: "model name : Another CPU\nflags : avx2\n")
+        changed.append(cpu_kernel.extension_name())
+    with monkeypatch.context() as m:
+        m.setattr(cpu_kernel, "CFLAGS", [*cpu_kernel.CFLAGS, "-O0"])
+        changed.append(cpu_kernel.extension_name())
+    with monkeypatch.context() as m:
+        m.setattr(cpu_kernel.torch, "__version__", "0.0.0")
+        changed.append(cpu_kernel.extension_name())
+    with monkeypatch.context() as m:
+        source = cpu_kernel.SOURCE.read_bytes() + b"// edited"
+        m.setattr(cpu_kernel.Path, "read_bytes", lambda self: source)
+        changed.append(cpu_kernel.extension_name())
+    assert len({base, *changed}) == 5, changed
+    assert base == cpu_kernel.extension_name()
     assert "-march=native" in cpu_kernel.CFLAGS
+
+
+def test_cpu_kernel_gives_the_same_bits_on_any_thread_count(cpu_kernel_ops):
+    """Channels are independent and each runs sequentially in time: the thread count (train.jobs shares the cores)
+    must not change a single bit of the scan, forward or backward."""
+    x = mamba_inputs(batch=2, dim=24, L=300, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out, last, grads = run(backend_fn("cpu"), x, grad=True, delta_softplus=True)
+            results.append((out, last, grads))
+    finally:
+        torch.set_num_threads(threads)
+    (o1, l1, g1), (o2, l2, g2) = results
+    assert torch.equal(o1, o2) and torch.equal(l1, l2)
+    assert all(torch.equal(g1[k], g2[k]) for k in g1)
 
 
 # ------------------------------------------------------------------------------------------------ CUDA
