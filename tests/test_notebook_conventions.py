@@ -38,9 +38,13 @@ def test_notebook_conventions(path: Path) -> None:
     assert "resolve(profile, data_dir, reports_dir" in nxt, \
         f"{path.name}: the cell after 'parameters' must call resolve(profile, data_dir, reports_dir)"
     for i, c in enumerate(code_cells):
+        check = _code(c).lstrip().startswith("# NBVAL_CHECK_OUTPUT")
         if c.get("outputs") or c.get("execution_count"):
-            assert _code(c).lstrip().startswith("# NBVAL_CHECK_OUTPUT"), \
-                f"{path.name}: code cell {i} is committed with outputs but is not a # NBVAL_CHECK_OUTPUT cell"
+            assert check, f"{path.name}: code cell {i} is committed with outputs but is not a # NBVAL_CHECK_OUTPUT cell"
+        if check:  # nbval compares a check cell's fresh output with the committed one: there must be one
+            assert c.get("execution_count") and c.get("outputs"), \
+                f"{path.name}: # NBVAL_CHECK_OUTPUT cell {i} is committed unexecuted, so nbval compares nothing; " \
+                f"run tools/nbclean.py {path.relative_to(path.parents[1])}"
     for i, c in enumerate(code_cells):
         src = _code(c)
         assert "class " not in src and "nn.Module" not in src, \
