@@ -45,12 +45,25 @@ def spread_path(out: str | os.PathLike) -> Path:
     return out.with_name(out.name[:len(out.name) - len(ext)] + "_std" + ext)
 
 
-def _check_output(out: Path, inputs: list[Path]) -> None:
-    if not out.name.endswith(_NIFTI_EXT):
-        raise ValueError(f"{out}: the output must be a NIfTI file name ending in .nii.gz or .nii")
-    for p in inputs:
-        if out.resolve() == p.resolve():
-            raise ValueError(f"{out}: the output would overwrite the input {p}")
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: equal once resolved (symlinks followed), or hard links of one file."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:                     # one of them does not exist
+        return False
+
+
+def _check_outputs(targets: list[Path], inputs: dict[str, Path]) -> None:
+    """Refuse a non-NIfTI output name and any file to be written that is one of ``inputs`` ({what: path})."""
+    if not targets[0].name.endswith(_NIFTI_EXT):
+        raise ValueError(f"{targets[0]}: the output must be a NIfTI file name ending in .nii.gz or .nii")
+    for out in targets:
+        for what, p in inputs.items():
+            if _same_file(out, p):
+                raise ValueError(f"{out}: the output would overwrite the {what} {p}; choose another -o/--output"
+                                 + (" (the spread map of --samples goes to <output>_std)" if out != targets[0] else ""))
 
 
 def load_normalisers(ckpt: dict, cfg, checkpoint: Path, cache: str | os.PathLike | None = None):
@@ -178,7 +191,11 @@ def translate_volume(checkpoint: str | os.PathLike, t1: str | os.PathLike | None
     t1, t2 = (Path(p) if p is not None else None for p in (t1, t2))
     if out is not None:
         out = Path(out)
-        _check_output(out, [p for p in (t1, t2) if p is not None])
+        inputs = {f"input {k.upper()}": p for k, p in (("t1", t1), ("t2", t2)) if p is not None}
+        inputs["checkpoint"] = checkpoint
+        if cache is not None:
+            inputs["cache"] = Path(cache)
+        _check_outputs([out, spread_path(out)] if samples > 1 else [out], inputs)
     dev = pick_device(device)
     tr, cfg, ckpt = load_checkpoint(checkpoint, dev)
     set_default_backend(cfg.scan.backend)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -202,3 +203,28 @@ def test_normalisation_from_the_run_cache_or_refused(env, tmp_path):
     shutil.rmtree(cache)
     c = translate_volume(ck, t1=env["t1"], cache=other, progress=False, log=lambda m: None)
     np.testing.assert_array_equal(np.asanyarray(c.dataobj), np.asanyarray(b.dataobj))
+
+
+def test_no_output_may_replace_an_input_or_the_checkpoint(env, tmp_path):
+    """Every file translate writes (the sCT and, with --samples, its spread map) is checked against every input and
+    the checkpoint, symlinks followed: `--t1 p1/scan_std.nii.gz -o p1/scan.nii.gz --samples 2` is refused."""
+    d = tmp_path / "p1"
+    d.mkdir()
+    t1 = Path(shutil.copy(env["t1"], d / "scan_std.nii.gz"))
+    before = t1.read_bytes()
+    with pytest.raises(ValueError, match="would overwrite the input.*scan_std"):
+        translate_volume(env["syndiff_t1"], t1=t1, out=d / "scan.nii.gz", samples=2, progress=False)
+    rc = main(["translate", "--t1", str(t1), "--checkpoint", str(env["syndiff_t1"]), "-o", str(d / "scan.nii.gz"),
+               "--samples", "2", "--no-progress"])
+    assert rc != 0 and t1.read_bytes() == before
+    link = tmp_path / "link.nii.gz"
+    link.symlink_to(t1)
+    with pytest.raises(ValueError, match="would overwrite the input"):
+        translate_volume(env["syndiff_t1"], t1=t1, out=link, progress=False)
+    ck = Path(shutil.copy(env["syndiff_t1"], d / "model_std.nii.gz"))   # a checkpoint by any name
+    with pytest.raises(ValueError, match="would overwrite the checkpoint"):
+        translate_volume(ck, t1=env["t1"], out=d / "model.nii.gz", samples=2, progress=False)
+    assert t1.read_bytes() == before and _outputs(d) == ["model_std.nii.gz", "scan_std.nii.gz"]
+    # one sample writes no spread map: a file of that name is no obstacle
+    translate_volume(env["syndiff_t1"], t1=t1, out=d / "scan.nii.gz", progress=False, log=lambda m: None)
+    assert t1.read_bytes() == before

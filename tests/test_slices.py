@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shutil
 
 import numpy as np
 import pytest
@@ -210,3 +211,37 @@ def test_prepare_cli(smoke, tmp_path):
     args = parser.parse_args(["--profile", "smoke", "--source", str(ws.data_root), "--out", str(out)])
     assert slices.run(args) == 0
     assert load_meta(out)["counts"] == {"train": 1, "val": 1, "test": 1}
+
+
+def _tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_build_cache_replaces_only_a_previous_cache(smoke, tmp_path):
+    """The cache folder is replaced only when it holds a previous cache (its meta.json with key and version): a
+    user's folder or file is refused unless overwrite is asked for, and the dataset itself never is."""
+    ws, _ = smoke
+    src = tmp_path / "src"
+    shutil.copytree(ws.data_root, src)
+    data_before = _tree(src)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(DataError, match="not an mm2ct slice cache.*overwrite") as e:
+        build_cache(src, mine, ws.cfg.data, progress=False)
+    assert e.value.path == mine and (mine / "notes.txt").read_text() == "keep"
+    file = tmp_path / "file.txt"
+    file.write_text("keep")
+    with pytest.raises(DataError, match="not an mm2ct slice cache"):
+        build_cache(src, file, ws.cfg.data, progress=False)
+    assert file.read_text() == "keep" and not list(tmp_path.glob(".file.txt*"))
+    for out in (src, src / "cache", src / "phantom_000", tmp_path):    # the dataset, inside it, or around it
+        with pytest.raises(DataError, match="dataset folder"):
+            build_cache(src, out, ws.cfg.data, overwrite=True, progress=False)
+    assert _tree(src) == data_before and (mine / "notes.txt").is_file()
+    # a previous cache is replaced without asking; a user's folder only when asked
+    cache = build_cache(src, tmp_path / "cache", ws.cfg.data, progress=False)
+    assert build_cache(src, cache, ws.cfg.data, progress=False) == cache and load_meta(cache)["key"]
+    assert build_cache(src, mine, ws.cfg.data, overwrite=True, progress=False) == mine
+    assert not (mine / "notes.txt").exists() and load_meta(mine)["version"] == slices.CACHE_VERSION
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mm2ct.atomic import atomic_path
+from mm2ct.atomic import atomic_path, sweep_stale
 from mm2ct.data import sources
 from mm2ct.data.io import DataError
 from mm2ct.data.preprocess import IntensityNormaliser, SliceGeometry
@@ -157,13 +157,63 @@ def patient_slices(patient: sources.Patient, image_size: int,
     return out, geom
 
 
-def build_cache(root: str | os.PathLike, out: str | os.PathLike, cfg_data, layout: str = "auto",
-                key: str | None = None, progress: bool = True, log: Callable[[str], None] | None = None) -> Path:
-    """Build the slice cache of the dataset at ``root`` into ``out`` (atomically: a temporary folder, then rename)."""
+def is_cache(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a slice cache mm2ct built: a folder whose ``meta.json`` carries the cache's key and format
+    version (the only kind of folder ``build_cache`` replaces without being asked)."""
+    meta = Path(path) / "meta.json"
+    try:
+        with open(meta) as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and "key" in m and "version" in m
+
+
+def check_cache_target(root: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse a cache folder ``out`` that would destroy data: the dataset ``root`` itself, a folder inside it or one
+    that holds it (always), and anything but a previous cache or an empty folder unless ``overwrite``."""
     root, out = Path(root), Path(out)
+    src, dst = root.resolve(), out.resolve()
+    if dst == src or src in dst.parents:
+        raise DataError(out, f"is the dataset folder {root} or inside it: the slice cache must live outside the "
+                             f"dataset; choose another --out")
+    if dst in src.parents:
+        raise DataError(out, f"holds the dataset folder {root}: replacing it would delete the data; choose "
+                             f"another --out")
+    if not (out.exists() or out.is_symlink()) or is_cache(out):
+        return
+    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+        return
+    if not overwrite:
+        what = "a folder" if out.is_dir() else "a file"
+        raise DataError(out, f"exists and is {what} that is not an mm2ct slice cache (no meta.json with its key and "
+                             f"version); nothing was changed: choose another --out, or pass --overwrite "
+                             f"(build_cache(overwrite=True)) to replace it")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+def build_cache(root: str | os.PathLike, out: str | os.PathLike, cfg_data, layout: str = "auto",
+                key: str | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
+                overwrite: bool = False) -> Path:
+    """Build the slice cache of the dataset at ``root`` into ``out`` (atomically: a temporary folder, then rename).
+
+    ``out`` may hold a previous cache (replaced) or nothing; anything else is refused unless ``overwrite``, and the
+    dataset folder (or a folder inside or around it) always is (``check_cache_target``). Temporary folders of
+    builds that were killed (``.NAME.tmp-PID``) are swept first."""
+    root, out = Path(root), Path(out)
+    check_cache_target(root, out, overwrite)
     layout = sources.detect_layout(root, layout)
     key = key or cache_key(cfg_data, root)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if out.parent.is_dir():
+        sweep_stale(out.parent)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")     # the pattern sweep_stale knows
+    old = tmp.with_name(tmp.name + ".old")          # .NAME.tmp-PID.old: swept like the temporary folder
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "raw").mkdir(parents=True)
     try:
@@ -177,11 +227,11 @@ def build_cache(root: str | os.PathLike, out: str | os.PathLike, cfg_data, layou
         with open(tmp / "meta.json", "w") as f:
             json.dump(meta, f, indent=1)
         out.parent.mkdir(parents=True, exist_ok=True)
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        if out.exists():
+        check_cache_target(root, out, overwrite)     # nothing appeared there meanwhile
+        if out.exists() or out.is_symlink():
             os.replace(out, old)
         os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -375,7 +425,11 @@ def configure(parser) -> None:
                         help="dataset folder (default: the profile's data folder; the phantom is generated if needed)")
     parser.add_argument("--layout", default=None, choices=("auto", *sources.LAYOUTS),
                         help="dataset layout (default: the profile's data.layout, normally auto)")
-    parser.add_argument("--out", default=None, help="cache folder (default: data/cache/<profile>/)")
+    parser.add_argument("--out", default=None,
+                        help="cache folder (default: data/cache/<profile>/ in the work directory); it may hold a "
+                             "previous cache, which is replaced, or nothing")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out even when it is not a previous mm2ct cache (never the dataset itself)")
     parser.add_argument("--export-mat", default=None, metavar="DIR",
                         help="also write SynDiff data_{split}_{T1,T2,CT}.mat files to DIR")
 
@@ -387,7 +441,7 @@ def run(args) -> int:
     ws = resolve(args.profile, data_dir=args.source, **overrides)
     if args.out:
         root = sources.ensure_dataset(ws)
-        out = build_cache(root, Path(args.out), ws.cfg.data, ws.cfg.data.layout, log=print)
+        out = build_cache(root, Path(args.out), ws.cfg.data, ws.cfg.data.layout, log=print, overwrite=args.overwrite)
     else:
         out = ensure_cache(ws)
     meta = load_meta(out)
