@@ -251,3 +251,29 @@ def test_fused_figure_names_runs_without_a_fused_image(tmp_path):
     _predictions(ws, "mm2ct", 42, np.random.default_rng(0))   # evaluated before Φ was saved
     with pytest.raises(ValueError, match="no fused image in the predictions of mm2ct.*mm2ct evaluate --profile"):
         reports.fused_figure(ws, models=["mm2ct"])
+
+
+def test_artefacts_name_no_absolute_path(tmp_path):
+    """Provenance is portable: summaries, checkpoints and the data folder are named relative to the work directory
+    (ws.root), never as the absolute paths of the machine that made them."""
+    import re
+
+    ws = _ws(tmp_path)
+    rng = np.random.default_rng(0)
+    for m in TABLE1_MODELS:
+        s = _summary(ws, m, 42, 20.0, 80.0)
+        s["data"] = str(tmp_path / "data" / "generated" / "smoke" / "phantom")   # absolute, inside ws.root
+        (run_dir(ws, m, 42) / "eval" / "summary.json").write_text(json.dumps(s))
+        _predictions(ws, m, 42, rng)
+    t = reports.table1(ws)
+    f = reports.figure4(ws, n_slices=2)
+    absolute = re.compile(r"(?<![\w.…/])/[\w.-]+/")
+    texts = {p.name: p.read_text() for p in (*t.paths.values(), f.paths["txt"])}
+    texts["caption"] = f.caption
+    for name, text in texts.items():
+        assert str(tmp_path) not in text, name
+        assert not absolute.search(text), (name, absolute.search(text))
+    assert "runs/smoke/mm2ct/eval/summary.json" in texts["table1.md"]
+    assert "data: data/generated/smoke/phantom" in texts["table1.md"]
+    side = json.loads(texts["table1.json"])
+    assert {r["checkpoint"] for r in side["provenance"]["runs"]} == {f"runs/smoke/{m}/best.pt" for m in TABLE1_MODELS}
