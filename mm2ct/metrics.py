@@ -8,6 +8,9 @@ Two families, never to be mixed in one table (``docs/method.md`` Open choice 20,
   -> :func:`paper_metrics` (one slice), :func:`syndiff_val_psnr` (SynDiff's validation PSNR, §2.7).
 * **SynthRAD style** (``docs/data.md`` §2.3): CT in HU inside a body mask; MAE (HU), PSNR (dB) and SSIM on a fixed
   HU window.  -> :func:`synthrad_metrics` (one volume, or one 2-D slice).
+* **Geometry and input use** (HU, body mask): :func:`bone_dice` (Dice of CT > 200 HU, the phantom-sized version of
+  SynthRAD 2025's segmentation-based metrics) and :func:`input_usage` (how much of a prediction's departure from
+  the mean training CT follows the patient's own).
 
 :func:`aggregate` turns per-slice (or per-volume) rows into the mean over all rows and the mean +/- std across
 patients (per-patient means first; SynDiff issue #47, SelfRDB ``utils.compute_metrics``).
@@ -320,6 +323,56 @@ def aggregate(
             "n_patients": len(patient_vals),
         }
     return out
+
+
+# ----------------------------------------------------------------------------------------------- geometry, input use
+BONE_HU = 200.0  # bone = CT above 200 HU inside the body mask (the phantom-sized stand-in for SynthRAD 2025's
+                 # segmentation-based geometry metrics, docs/data.md §2.2)
+
+
+def _check_masked(pred_hu: Any, gt_hu: Any, mask: Any, *others: tuple[str, Any]) -> tuple[np.ndarray, ...]:
+    """float64 copies of HU arrays of one shape (any rank, finite) and the binarised mask (``mask > 0``)."""
+    arrays = [_as_float_array(pred_hu, "pred_hu"), _as_float_array(gt_hu, "gt_hu")]
+    arrays += [_as_float_array(x, name) for name, x in others]
+    m = _as_float_array(mask, "mask")
+    shapes = {a.shape for a in (*arrays, m)}
+    if len(shapes) > 1:
+        raise ValueError(f"shape mismatch: pred_hu {arrays[0].shape}, gt_hu {arrays[1].shape}, "
+                         + "".join(f"{name} {a.shape}, " for (name, _), a in zip(others, arrays[2:]))
+                         + f"mask {m.shape}")
+    return (*arrays, m > 0)
+
+
+def bone_dice(pred_hu: Any, gt_hu: Any, mask: Any, threshold: float = BONE_HU) -> float:
+    """Dice overlap of bone in the synthetic and the true CT: ``2 |P ∩ G| / (|P| + |G|)`` with
+    ``P = (pred_hu > threshold) & mask`` and ``G = (gt_hu > threshold) & mask`` (``mask > 0``: the body mask), over
+    every voxel of the arrays (a patient's volume, or one slice). 1 is a perfect bone geometry, 0 no overlap (a
+    prediction without any bone where the truth has some). No bone in either image leaves Dice undefined: ``nan``,
+    which the across-patient means skip. Raises ``ValueError`` for shapes that differ or non-finite values."""
+    p, g, m = _check_masked(pred_hu, gt_hu, mask)
+    pb, gb = (p > threshold) & m, (g > threshold) & m
+    denom = int(pb.sum()) + int(gb.sum())
+    return 2.0 * float((pb & gb).sum()) / denom if denom else math.nan
+
+
+def input_usage(pred_hu: Any, gt_hu: Any, template_hu: Any, mask: Any) -> float:
+    """How much of the patient-specific anatomy a prediction carries: the Pearson r, over the body-mask voxels,
+    between ``pred - template`` and ``gt - template``, where ``template`` is what a model that ignores its input
+    would output (the mean training CT, ``mm2ct.template``). 1: the prediction departs from the template exactly
+    where and as the truth does; 0: it does not follow the truth at all, and also by definition when it does not
+    depart from the template (the template itself, or the template plus a constant: no slice-specific part).
+    ``nan`` when the truth equals the template up to a constant in the mask, or the mask is empty."""
+    p, g, t, m = _check_masked(pred_hu, gt_hu, mask, ("template_hu", template_hu))
+    if not m.any():
+        return math.nan
+    a, b = (p - t)[m], (g - t)[m]   # (N,) each: the slice-specific parts
+    a, b = a - a.mean(), b - b.mean()
+    na, nb = float(np.sqrt((a * a).sum())), float(np.sqrt((b * b).sum()))
+    if nb == 0.0:
+        return math.nan
+    if na == 0.0:
+        return 0.0
+    return float((a * b).sum() / (na * nb))
 
 
 # ----------------------------------------------------------------------------------------------- fused image

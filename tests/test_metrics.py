@@ -292,3 +292,62 @@ def test_shape_mismatch_names_both_shapes():
 def test_invalid_inputs(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bone Dice and input usage
+
+
+def _body():
+    mask = np.zeros((6, 6), np.uint8)
+    mask[1:5, 1:5] = 1                                            # 16 body voxels
+    return mask
+
+
+def test_bone_dice_hand_computed():
+    mask = _body()
+    gt = np.zeros((6, 6))
+    gt[1, 1:5] = 900.0                                            # 4 bone voxels
+    pred = np.zeros((6, 6))
+    pred[1, 1:3] = 500.0                                          # 2 of them ...
+    pred[4, 1:3] = 300.0                                          # ... and 2 elsewhere in the body
+    pred[0, :] = 1500.0                                           # outside the body mask: ignored
+    assert M.bone_dice(pred, gt, mask) == pytest.approx(2 * 2 / (4 + 4))
+    assert M.bone_dice(gt, gt, mask) == 1.0
+    assert M.bone_dice(np.zeros((6, 6)), gt, mask) == 0.0       # no bone predicted where there is some
+    at = np.where(gt > 0, 200.0, 0.0)                             # exactly 200 HU is not bone (strictly above)
+    assert M.bone_dice(at, gt, mask) == 0.0
+    assert M.bone_dice(pred, gt, mask, threshold=400.0) == pytest.approx(2 * 2 / (2 + 4))
+    assert math.isnan(M.bone_dice(np.zeros((6, 6)), np.zeros((6, 6)), mask))   # no bone anywhere: undefined
+    vol = np.stack([gt, gt])                                      # any rank: a patient's volume
+    assert M.bone_dice(np.stack([pred, gt]), vol, np.stack([mask, mask])) == pytest.approx(2 * 6 / (8 + 8))
+
+
+def test_bone_dice_rejects_bad_input():
+    with pytest.raises(ValueError, match="shape mismatch"):
+        M.bone_dice(np.zeros((6, 6)), np.zeros((6, 6)), np.ones((5, 6)))
+    with pytest.raises(ValueError, match="pred_hu contains 1 non-finite"):
+        M.bone_dice(np.array([[np.nan, 0.0]]), np.zeros((1, 2)), np.ones((1, 2)))
+
+
+def test_input_usage_known_values():
+    mask = _body()
+    template = np.full((6, 6), 40.0)
+    own = np.zeros((6, 6))
+    own[1:5, 1:5] = np.arange(16).reshape(4, 4) * 10.0          # the patient's departure from the template
+    gt = template + own
+    assert M.input_usage(gt, gt, template, mask) == pytest.approx(1.0)
+    assert M.input_usage(template, gt, template, mask) == 0.0    # the template itself
+    assert M.input_usage(template + 5.0, gt, template, mask) == 0.0   # template plus a constant: no slice part
+    assert M.input_usage(template - own, gt, template, mask) == pytest.approx(-1.0)
+    assert M.input_usage(template + 2 * own + 7.0, gt, template, mask) == pytest.approx(1.0)   # scale-free
+    noise_outside = gt + np.where(mask > 0, 0.0, 1e4 * np.random.default_rng(0).standard_normal((6, 6)))
+    assert M.input_usage(noise_outside, gt, template, mask) == pytest.approx(1.0)   # only the body counts
+    # three body voxels by hand: a = (1, 2, 3), b = (1, 3, 2) -> centred (-1, 0, 1), (-1, 1, 0) -> r = 1 / 2
+    m3 = np.array([[1, 1, 1, 0]])
+    t3 = np.zeros((1, 4))
+    assert M.input_usage(np.array([[1.0, 2, 3, 50]]), np.array([[1.0, 3, 2, -50]]), t3, m3) == pytest.approx(0.5)
+    assert math.isnan(M.input_usage(gt, template + 3.0, template, mask))   # truth = template: nothing to follow
+    assert math.isnan(M.input_usage(gt, gt, template, np.zeros((6, 6))))   # empty mask
+    with pytest.raises(ValueError, match="template_hu"):
+        M.input_usage(gt, gt, template[:5], mask)
