@@ -4,7 +4,12 @@ For every test slice: the synthetic CT from ``translator.translate`` (EMA weight
 seed ``eval.seed``), then
 - paper-style PSNR / SSIM (%) on the [-1, 1] slice (``mm2ct.metrics.paper_metrics``), and
 - SynthRAD2023-style MAE / PSNR / SSIM in HU inside the body mask, per patient on the restacked slices
-  (``mm2ct.metrics.synthrad_metrics``; slices are those of the profile's grid, not the scanner's).
+  (``mm2ct.metrics.synthrad_metrics``; slices are those of the profile's grid, not the scanner's), and
+- per patient, bone Dice (CT > 200 HU inside the body mask, ``mm2ct.metrics.bone_dice``) and input usage (how far
+  the prediction's departure from the mean training CT follows the patient's, ``mm2ct.metrics.input_usage``).
+
+``evaluate(ws, "template")`` scores the template (``mm2ct.template``: the mean training CT whatever the MR) the
+same way: the floor a model that has learned to use its input must beat.
 
 Writes ``<run>/eval/slices.csv``, ``patients.csv`` and ``summary.json`` (every number with the checkpoint, seed,
 profile and git commit that produced it) and returns the summary.
@@ -21,16 +26,18 @@ import torch
 
 from mm2ct.atomic import atomic_path, write_text
 from mm2ct.checkpoints import load_checkpoint, run_dir
-from mm2ct.metrics import aggregate, fused_stats, paper_metrics, synthrad_metrics
+from mm2ct.metrics import BONE_HU, aggregate, bone_dice, fused_stats, input_usage, paper_metrics, synthrad_metrics
 from mm2ct.provenance import git_commit, portable_path
 from mm2ct.runtime import pick_device
+from mm2ct.template import TEMPLATE, TemplateTranslator, mean_training_ct, template_dir
 from mm2ct.workspace import Workspace
 
-EVAL_FORMAT = 3  # written into summary.json; raised whenever evaluate writes new outputs, so that notebooks
+EVAL_FORMAT = 4  # written into summary.json; raised whenever evaluate writes new outputs, so that notebooks
                  # re-evaluate older runs (2: MM2CT predictions carry the fused image, summaries its statistics;
-                 # 3: paths relative to the work directory, eval_samples)
+                 # 3: paths relative to the work directory, eval_samples; 4: bone Dice and input usage, the template)
 PAPER_KEYS = ("psnr", "ssim")
 HU_KEYS = ("mae_hu", "psnr_hu", "ssim_hu")
+PATIENT_KEYS = (*HU_KEYS, "dice_bone", "input_usage")   # per patient, then mean ± std across patients
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -77,9 +84,12 @@ def to_hu(x: np.ndarray, patient: str, meta: dict[str, Any]) -> np.ndarray:
     return IntensityNormaliser(**d).inverse(x, scale)
 
 
-def score(pred: dict[str, np.ndarray], meta: dict[str, Any]) -> tuple[list[dict], list[dict]]:
-    """Per-slice paper-style rows and per-patient rows (paper-style means + SynthRAD HU metrics);
-    ``meta``: the slice cache's meta (CT normaliser and per-patient scales)."""
+def score(pred: dict[str, np.ndarray], meta: dict[str, Any],
+          template: np.ndarray | None = None) -> tuple[list[dict], list[dict]]:
+    """Per-slice paper-style rows and per-patient rows: paper-style means, SynthRAD HU metrics, bone Dice
+    (CT > ``BONE_HU`` inside the body mask, over the patient's slices) and input usage (``input_usage`` against
+    ``template``, the mean training CT (S, S) in [-1, 1] mapped to HU like the predictions; nan without it).
+    ``meta``: the slice cache's meta (CT normaliser and per-patient scales); docs/data.md §9."""
     slice_rows = []
     for i, (p, s) in enumerate(zip(pred["patient"], pred["slice"])):
         m = paper_metrics(pred["pred"][i], pred["ct"][i])
@@ -93,10 +103,13 @@ def score(pred: dict[str, np.ndarray], meta: dict[str, Any]) -> tuple[list[dict]
         mask = pred["mask"][idx] > 0
         hu = synthrad_metrics(hu_pred, hu_gt, mask) if len(idx) >= 7 else \
             _slicewise_synthrad(hu_pred, hu_gt, mask)
+        usage = float("nan") if template is None else \
+            input_usage(hu_pred, hu_gt, to_hu(np.broadcast_to(template, hu_pred.shape), str(p), meta), mask)
         rows = [r for r in slice_rows if r["patient"] == str(p)]
         patient_rows.append({"patient": str(p), "n_slices": len(idx),
                              **{k: float(np.nanmean([r[k] for r in rows])) for k in PAPER_KEYS},
-                             "mae_hu": hu["mae"], "psnr_hu": hu["psnr"], "ssim_hu": hu["ssim"]})
+                             "mae_hu": hu["mae"], "psnr_hu": hu["psnr"], "ssim_hu": hu["ssim"],
+                             "dice_bone": bone_dice(hu_pred, hu_gt, mask, BONE_HU), "input_usage": usage})
     return slice_rows, patient_rows
 
 
@@ -113,11 +126,14 @@ def _mean_std(values) -> tuple[float, float]:
 
 def evaluate(ws: Workspace, model: str, seed: int | None = None, split: str = "test", progress: bool = True,
              keep_predictions: bool = True) -> dict[str, Any]:
-    """Evaluate ``runs/<profile>/<model>[-seed<S>]/best.pt`` on ``split``; write and return the summary."""
-    from mm2ct.data.slices import SliceDataset, ensure_cache
+    """Evaluate ``runs/<profile>/<model>[-seed<S>]/best.pt`` on ``split``; write and return the summary.
+    ``model = "template"`` (``mm2ct.template``: the mean training CT, no MR, no checkpoint, no seed) is evaluated
+    into ``runs/<profile>/template/eval/`` whatever ``seed``."""
     from mm2ct.ops import set_default_backend
 
     t0 = time.time()
+    if model == TEMPLATE:
+        return _evaluate_template(ws, split, progress, keep_predictions)
     run = run_dir(ws, model, seed)
     ckpt_path = run / "best.pt"
     if not ckpt_path.is_file():
@@ -126,14 +142,40 @@ def evaluate(ws: Workspace, model: str, seed: int | None = None, split: str = "t
     device = pick_device(ws.cfg.train.device)
     set_default_backend(ws.cfg.scan.backend)
     tr, cfg, ckpt = load_checkpoint(ckpt_path, device)
+    trained = {"seed": ckpt["seed"], "checkpoint": portable_path(ckpt_path, ws.root),
+               "checkpoint_epoch": ckpt["epoch"], "best_val_psnr": ckpt["best_psnr"],
+               "train_seconds": round(ckpt["seconds"], 1), "train_commit": ckpt["git_commit"]}
+    return _evaluate_translator(ws, tr, model, run / "eval", split, trained, device, max(1, cfg.train.batch_size),
+                                ws.cfg.eval.n_samples, t0, progress, keep_predictions)
+
+
+def _evaluate_template(ws: Workspace, split: str, progress: bool, keep_predictions: bool) -> dict[str, Any]:
+    """The template (``mm2ct.template``) through the same prediction, scoring and writing as a trained model."""
+    from mm2ct.data.slices import ensure_cache
+
+    t0 = time.time()
+    tr = TemplateTranslator(mean_training_ct(ensure_cache(ws)))
+    made = {"seed": None, "checkpoint": None, "checkpoint_epoch": None, "best_val_psnr": None,
+            "train_seconds": round(time.time() - t0, 1), "train_commit": git_commit()}
+    return _evaluate_translator(ws, tr, TEMPLATE, template_dir(ws) / "eval", split, made, torch.device("cpu"),
+                                max(1, ws.cfg.train.batch_size), 1, t0, progress, keep_predictions)
+
+
+def _evaluate_translator(ws: Workspace, tr, model: str, out: Path, split: str, trained: dict[str, Any],
+                         device: torch.device, batch_size: int, samples: int, t0: float, progress: bool,
+                         keep_predictions: bool) -> dict[str, Any]:
+    """Predict ``split`` with ``tr``, score it (``score``, with the template for input usage) and write
+    ``out``/slices.csv, patients.csv, predictions.npz and summary.json; ``trained``: where the weights come from
+    (seed, checkpoint, its epoch, validation PSNR, training time and commit)."""
+    from mm2ct.data.slices import SliceDataset, ensure_cache
+
     dataset = SliceDataset(ensure_cache(ws), split, paired=True)
-    pred = predict(tr, dataset, ws.cfg.eval.seed, device, batch_size=max(1, cfg.train.batch_size),
-                   max_slices=ws.cfg.eval.max_test_slices, progress=progress, samples=ws.cfg.eval.n_samples)
+    pred = predict(tr, dataset, ws.cfg.eval.seed, device, batch_size=batch_size,
+                   max_slices=ws.cfg.eval.max_test_slices, progress=progress, samples=samples)
     pred["pred_hu"] = np.stack([to_hu(x, str(p), dataset.meta) for x, p in zip(pred["pred"], pred["patient"])])
     pred["ct_hu"] = np.stack([to_hu(x, str(p), dataset.meta) for x, p in zip(pred["ct"], pred["patient"])])
-    slice_rows, patient_rows = score(pred, dataset.meta)
-    out = run / "eval"
-    out.mkdir(exist_ok=True)
+    slice_rows, patient_rows = score(pred, dataset.meta, mean_training_ct(dataset.cache_dir))
+    out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "slices.csv", slice_rows)
     _write_csv(out / "patients.csv", patient_rows)
     if keep_predictions:
@@ -142,17 +184,16 @@ def evaluate(ws: Workspace, model: str, seed: int | None = None, split: str = "t
 
     agg = aggregate(slice_rows, keys=list(PAPER_KEYS))
     summary: dict[str, Any] = {
-        "eval_format": EVAL_FORMAT, "model": model, "profile": ws.profile, "split": split, "seed": ckpt["seed"],
-        "eval_seed": ws.cfg.eval.seed, "eval_samples": ws.cfg.eval.n_samples,
-        "checkpoint": portable_path(ckpt_path, ws.root), "checkpoint_epoch": ckpt["epoch"],
-        "best_val_psnr": ckpt["best_psnr"],
-        "train_seconds": round(ckpt["seconds"], 1), "train_commit": ckpt["git_commit"],
+        "eval_format": EVAL_FORMAT, "model": model, "profile": ws.profile, "split": split, "seed": trained["seed"],
+        "eval_seed": ws.cfg.eval.seed, "eval_samples": samples,
+        **{k: v for k, v in trained.items() if k != "seed"},
         "data": portable_path(ws.data_root, ws.root), "n_slices": len(slice_rows), "n_patients": len(patient_rows),
+        "bone_threshold_hu": BONE_HU,
     }
     for k in PAPER_KEYS:
         summary[k] = agg[k]["slice_mean"]
         summary[f"{k}_patient_mean"], summary[f"{k}_patient_std"] = agg[k]["patient_mean"], agg[k]["patient_std"]
-    for k in HU_KEYS:
+    for k in PATIENT_KEYS:
         summary[k], summary[f"{k}_std"] = _mean_std(r[k] for r in patient_rows)
     if "fused" in pred:
         summary.update(fused_stats(pred))
