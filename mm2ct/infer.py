@@ -196,7 +196,7 @@ def translate_volume(checkpoint: str | os.PathLike, t1: str | os.PathLike | None
         if cache is not None:
             inputs["cache"] = Path(cache)
         _check_outputs([out, spread_path(out)] if samples > 1 else [out], inputs)
-    dev = pick_device(device)
+    dev = pick_device(device, field="--device")
     tr, cfg, ckpt = load_checkpoint(checkpoint, dev)
     set_default_backend(cfg.scan.backend)
     ref, vols, mask = _read_patient(t1, t2, tr.sources, checkpoint, ckpt["model"], log)
@@ -265,18 +265,12 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
-    from mm2ct.data.io import DataError
-
     if args.t1 is None and args.t2 is None:
         print("mm2ct translate: error: give --t1 and/or --t2 (the MR volumes to translate)", file=sys.stderr)
         return 2
-    try:
-        img = translate_volume(args.checkpoint, args.t1, args.t2, args.output, samples=args.samples,
-                               batch_size=args.batch_size, device=args.device, seed=args.seed, cache=args.cache,
-                               progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
-    except (DataError, ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"mm2ct translate: error: {e}", file=sys.stderr)
-        return 1
+    img = translate_volume(args.checkpoint, args.t1, args.t2, args.output, samples=args.samples,
+                           batch_size=args.batch_size, device=args.device, seed=args.seed, cache=args.cache,
+                           progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     hu = np.asanyarray(img.dataobj)
     print(f"wrote {args.output}: {hu.shape} int16 HU in [{int(hu.min())}, {int(hu.max())}]"
           + (f"; spread (std of {args.samples} samples) {spread_path(args.output)}" if args.samples > 1 else ""))

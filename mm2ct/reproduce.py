@@ -1,7 +1,9 @@
 """``mm2ct reproduce``: execute every numbered notebook in order with papermill for one profile.
 
 Executed copies go to ``reports/<profile>/executed/``; notebooks write their artefacts (tables, figures) to
-``reports/<profile>/``.  A failing notebook stops the run with the notebook's name, the failing cell and the error.
+``reports/<profile>/`` (``$MM2CT_REPORTS_DIR/<profile>/`` when set).  The kernels inherit the work directory
+(``--workdir`` / ``$MM2CT_WORKDIR``, made absolute: they run in the notebooks' folder).  A failing notebook stops
+the run with the notebook's name, the failing cell and the error.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import time
 from pathlib import Path
 
 from mm2ct import repo_root
+from mm2ct.workspace import WORKDIR_ENV, reports_root, using_workdir
 
 
 class NotebookFailed(RuntimeError):
@@ -45,7 +48,7 @@ def run_notebooks(profile: str, data_dir: str | None = None, only: list[str] | N
 
     root = repo_root()
     notebooks_dir = Path(notebooks_dir or root / "notebooks")
-    reports_dir = Path(reports_dir or root / "reports" / profile)
+    reports_dir = Path(reports_dir or reports_root() / profile)
     executed = reports_dir / "executed"
     executed.mkdir(parents=True, exist_ok=True)
     todo = notebooks(notebooks_dir)
@@ -62,8 +65,9 @@ def run_notebooks(profile: str, data_dir: str | None = None, only: list[str] | N
         log(f"[{i}/{len(todo)}] {nb.name} (profile {profile}) ...", flush=True)
         t0 = time.time()
         try:
-            pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name=kernel, cwd=str(notebooks_dir),
-                                progress_bar=False, log_output=False)
+            with using_workdir(os.environ.get(WORKDIR_ENV) or None):     # the kernel inherits it, absolute
+                pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name=kernel,
+                                    cwd=str(notebooks_dir), progress_bar=False, log_output=False)
         except pm.PapermillExecutionError as e:
             idx, first = _failing_cell(out)
             where = f"cell {idx} ({first!r})" if idx is not None else f"execution count {e.exec_count}"
@@ -92,5 +96,5 @@ def run(args) -> int:
         print(f"mm2ct reproduce: {e}", file=sys.stderr)
         return 1
     print(f"{len(records)} notebooks ran in {time.time() - t0:.0f} s; artefacts under "
-          f"{repo_root() / 'reports' / args.profile}")
+          f"{Path(records[0]['executed']).parent.parent if records else reports_root() / args.profile}")
     return 0

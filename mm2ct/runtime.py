@@ -6,15 +6,20 @@ import random
 import numpy as np
 import torch
 
+from mm2ct.config import ConfigError
+
 
 def pick_device(name: str, field: str = "train.device") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; a CUDA device asked for on a machine without one is an error
-    naming ``field`` (the setting or option it came from)."""
+    """``auto`` -> CUDA when available, else CPU; a CUDA device asked for on a machine without one is a ConfigError
+    naming ``field`` (the setting or option it came from: ``train.device``, ``--device``)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"{field} is {name!r} but CUDA is not available here")
-    return torch.device(name)
+        raise ConfigError(f"{field} is {name!r} but CUDA is not available here; use auto or cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{field}: {name!r} is not a device (auto, cpu, cuda or cuda:N)") from None
 
 
 def seed_everything(seed: int) -> None:

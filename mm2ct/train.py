@@ -151,7 +151,8 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
     seed = tc.seeds[0] if seed is None else seed
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     rank = dist.get_rank() if world > 1 else 0
-    device = pick_device(tc.device) if world == 1 or tc.device != "auto" or not torch.cuda.is_available() \
+    device = pick_device(tc.device, "train.device") \
+        if world == 1 or tc.device != "auto" or not torch.cuda.is_available() \
         else torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     set_default_backend(cfg.scan.backend)
     out = run_dir(ws, model, seed)
@@ -314,7 +315,7 @@ def train_all(ws: Workspace, models: list[str], seeds: list[int], jobs: int | No
         raise ValueError(f"train.jobs must be >= 1, got {jobs}")
     pairs = [(m, s) for m in models for s in seeds]
     distributed = dist.is_available() and dist.is_initialized()
-    on_gpu = pick_device(ws.cfg.train.device).type != "cpu"
+    on_gpu = pick_device(ws.cfg.train.device, "train.device").type != "cpu"
     if jobs == 1 or len(pairs) == 1 or distributed or on_gpu:
         results = []
         for m, s in pairs:

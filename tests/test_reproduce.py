@@ -19,23 +19,37 @@ def _notebook(path, *sources):
     nbformat.write(nb, path)
 
 
-def test_runs_in_order_with_parameters_and_stops_at_the_failing_cell(tmp_path) -> None:
+def test_runs_in_order_with_parameters_and_stops_at_the_failing_cell(tmp_path, monkeypatch) -> None:
     nbdir = tmp_path / "nbs"
     nbdir.mkdir()
     _notebook(nbdir / "01_first.ipynb",
-              "import json, pathlib\npathlib.Path(reports_dir, 'seen.json').write_text(json.dumps(profile))")
+              "import json, os, pathlib\npathlib.Path(reports_dir, 'seen.json').write_text(json.dumps(profile))\n"
+              "pathlib.Path(reports_dir, 'workdir.txt').write_text(os.environ['MM2CT_WORKDIR'])")
     _notebook(nbdir / "02_broken.ipynb", "x = 1", "raise ValueError('phantom too small')", "y = 2")
     _notebook(nbdir / "03_never.ipynb", "raise SystemExit('must not run')")
     (nbdir / "scratch.ipynb").write_text("{}")  # not numbered: ignored
     assert [p.name for p in notebooks(nbdir)] == ["01_first.ipynb", "02_broken.ipynb", "03_never.ipynb"]
 
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MM2CT_WORKDIR", "work")          # relative: the kernels (cwd: the notebooks) get it absolute
     with pytest.raises(NotebookFailed) as err:
         run_notebooks("demo", notebooks_dir=nbdir, reports_dir=tmp_path / "rep", log=lambda *a, **k: None)
+    assert (tmp_path / "rep" / "workdir.txt").read_text() == str(tmp_path / "work")
     msg = str(err.value)
     assert "02_broken.ipynb failed in cell" in msg and "raise ValueError" in msg and "phantom too small" in msg
     assert json.loads((tmp_path / "rep" / "seen.json").read_text()) == "demo"   # parameters injected
     assert (tmp_path / "rep" / "executed" / "01_first.ipynb").exists()
     assert not (tmp_path / "rep" / "executed" / "03_never.ipynb").exists()
+
+
+def test_reports_go_where_the_workspace_puts_them(tmp_path, monkeypatch) -> None:
+    """Without reports_dir: $MM2CT_REPORTS_DIR/<profile> (the tests' own folder), else the repository's reports/."""
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    _notebook(nbdir / "01_only.ipynb", "import pathlib\npathlib.Path(reports_dir, 'here.txt').write_text('x')")
+    monkeypatch.setenv("MM2CT_REPORTS_DIR", str(tmp_path / "reports"))
+    run_notebooks("smoke", notebooks_dir=nbdir, log=lambda *a, **k: None)
+    assert (tmp_path / "reports" / "smoke" / "here.txt").is_file()
 
 
 def test_no_notebooks_is_an_error(tmp_path) -> None:

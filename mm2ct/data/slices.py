@@ -134,8 +134,14 @@ def load_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(cache_dir) / "meta.json"
     if not path.is_file():
         raise DataError(cache_dir, "not a slice cache (no meta.json); build it with ensure_cache or `mm2ct prepare`")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except ValueError as e:
+        raise DataError(path, f"corrupt ({e}); build the cache again (`mm2ct prepare --overwrite`)") from None
+    if not isinstance(meta, dict):
+        raise DataError(path, "corrupt (not a JSON object); build the cache again (`mm2ct prepare --overwrite`)")
+    return meta
 
 
 def load_normalisers(cache_dir: str | os.PathLike) -> dict[str, IntensityNormaliser]:
@@ -349,11 +355,8 @@ def ensure_cache(ws, progress: bool = True) -> Path:
     """The slice cache of a workspace: built in ``ws.cache_dir`` when missing or built from another data config."""
     root = sources.ensure_dataset(ws, progress=progress)
     key = cache_key(ws.cfg.data, root)
-    meta_path = ws.cache_dir / "meta.json"
-    if meta_path.is_file():
-        with open(meta_path) as f:
-            if json.load(f).get("key") == key:
-                return ws.cache_dir
+    if is_cache(ws.cache_dir) and load_meta(ws.cache_dir).get("key") == key:
+        return ws.cache_dir
     return build_cache(root, ws.cache_dir, ws.cfg.data, ws.cfg.data.layout, key=key, progress=progress)
 
 
