@@ -11,9 +11,11 @@ import pytest
 from mm2ct import reports
 from mm2ct.evaluate import EVAL_FORMAT
 from mm2ct.checkpoints import run_dir
+from mm2ct.reports.runs import eval_dir
 from mm2ct.workspace import resolve
 
 TABLE1_MODELS = ["cyclegan_t1", "cyclegan_t2", "syndiff_t1", "syndiff_t2", "mm2ct"]
+TABLE1_RUNS = [*TABLE1_MODELS, "template"]   # what Table 1 and Fig. 4 read: the trained models and the template
 TABLE2_MODELS = ["syndiff_t1", "syndiff_t2", "mm2ct_node", "mm2ct", "mm2ct_nomamba"]  # the runs Table 2 reads
 
 
@@ -21,13 +23,14 @@ def _ws(tmp_path, seeds=(42,)):
     return resolve("smoke", root=tmp_path, reports_dir=tmp_path / "reports", train={"seeds": list(seeds)})
 
 
-def _summary(ws, model, seed, psnr, ssim, mae=80.0, commit="abc1234", val_psnr=20.0):
-    ev = run_dir(ws, model, seed) / "eval"
+def _summary(ws, model, seed, psnr, ssim, mae=80.0, commit="abc1234", val_psnr=20.0, dice=0.75, usage=0.5):
+    ev = eval_dir(ws, model, seed)
     ev.mkdir(parents=True, exist_ok=True)
     s = {"model": model, "profile": ws.profile, "seed": seed, "psnr": psnr, "ssim": ssim,
          "psnr_patient_mean": psnr, "psnr_patient_std": 0.5, "ssim_patient_mean": ssim, "ssim_patient_std": 1.5,
          "mae_hu": mae, "mae_hu_std": 4.0, "psnr_hu": psnr + 1.0, "psnr_hu_std": 0.25, "ssim_hu": 0.8125,
-         "ssim_hu_std": 0.0125, "checkpoint": str(ev.parent / "best.pt"), "checkpoint_epoch": 3,
+         "ssim_hu_std": 0.0125, "dice_bone": dice, "dice_bone_std": 0.05, "input_usage": usage,
+         "input_usage_std": 0.125, "checkpoint": str(ev.parent / "best.pt"), "checkpoint_epoch": 3,
          "best_val_psnr": val_psnr,
          "train_seconds": 100.0, "eval_seconds": 10.0, "train_commit": commit, "eval_commit": commit + "e",
          "data": "/data/phantom", "n_slices": 12, "n_patients": 2, "eval_format": EVAL_FORMAT}
@@ -38,37 +41,40 @@ def _summary(ws, model, seed, psnr, ssim, mae=80.0, commit="abc1234", val_psnr=2
 def test_table1_numbers_paper_columns_and_provenance(tmp_path):
     ws = _ws(tmp_path)
     values = {"cyclegan_t1": (21.123, 80.5), "cyclegan_t2": (21.5, 81.25), "syndiff_t1": (22.75, 83.0),
-              "syndiff_t2": (23.456, 84.125), "mm2ct": (24.0625, 86.375)}
+              "syndiff_t2": (23.456, 84.125), "mm2ct": (24.0625, 86.375), "template": (15.0, 60.0)}
     for m, (p, s) in values.items():
         _summary(ws, m, 42, p, s)
     t = reports.table1(ws)
     df = pd.read_csv(ws.reports_dir / "table1.csv", comment="#")
-    assert list(df["model"]) == TABLE1_MODELS
-    assert list(df["method"]) == ["CycleGAN", "CycleGAN", "SynDiff", "SynDiff", "MM2CT"]
-    assert list(df["input"]) == ["T1", "T2", "T1", "T2", "T1+T2"]
+    assert list(df["model"]) == TABLE1_RUNS
+    assert list(df["method"]) == ["CycleGAN", "CycleGAN", "SynDiff", "SynDiff", "MM2CT", "template"]
+    assert list(df["input"]) == ["T1", "T2", "T1", "T2", "T1+T2", "no MR"]
     for m, (p, s) in values.items():
         row = df[df["model"] == m].iloc[0]
         assert row["psnr"] == p and row["ssim"] == s and row["mae_hu"] == 80.0
         assert row["psnr_patient_std"] == 0.5   # one seed: the across-patient std is the spread shown
     assert np.isnan(df["paper_psnr"][0]) and np.isnan(df["paper_ssim"][1])
-    assert list(df["paper_psnr"][2:]) == [25.36, 25.36, 25.72]
-    assert list(df["paper_ssim"][2:]) == [88.97, 88.97, 89.54]
+    assert list(df["paper_psnr"][2:5]) == [25.36, 25.36, 25.72]
+    assert list(df["paper_ssim"][2:5]) == [88.97, 88.97, 89.54]
+    assert np.isnan(df["paper_psnr"][5]) and df["paper_status"][5].startswith("not in the paper")
     assert df["paper_status"][2].startswith("derived")
 
     md = (ws.reports_dir / "table1.md").read_text()
     assert md == t.markdown
     assert "| SynDiff | T2 | 23.46 ± 0.50 | 84.12 ± 1.50 | 80.0 ± 4.0 | 24.46 ± 0.25 | 0.8125 ± 0.0125 |" \
-           " 25.36 (derived) | 88.97 (derived) |" in md
+           " 0.750 ± 0.050 | 0.50 ± 0.12 | 25.36 (derived) | 88.97 (derived) |" in md
+    assert "| template | no MR | 15.00 ± 0.50 | 60.00 ± 1.50 | 80.0 ± 4.0 | 16.00 ± 0.25 | 0.8125 ± 0.0125 |" \
+           " 0.750 ± 0.050 | 0.50 ± 0.12 | – | – |" in md
     assert "| MM2CT | T1+T2 | 24.06 ± 0.50" in md and "25.72 (= Table 2)" in md
     assert "| CycleGAN | T1 | 21.12 ± 0.50" in md
     for text in (md, (ws.reports_dir / "table1.csv").read_text()):
         assert "profile smoke" in text and "seeds: 42" in text and "abc1234" in text and "abc1234e" in text
-        assert "train 500.0 s + eval 50.0 s = 550.0 s" in text
+        assert "train 600.0 s + eval 60.0 s = 660.0 s" in text
         assert "/data/phantom" in text
     side = json.loads((ws.reports_dir / "table1.json").read_text())
     assert side["ordering"]["psnr"]["all_seeds"] is True
     assert side["ordering"]["psnr"]["per_seed"]["42"]["best_single"] == "syndiff_t2"
-    assert side["provenance"]["wall_seconds"] == 550.0 and len(side["provenance"]["runs"]) == 5
+    assert side["provenance"]["wall_seconds"] == 660.0 and len(side["provenance"]["runs"]) == 6
     assert "PSNR (dB): holds for every seed" in md
 
 
@@ -78,6 +84,7 @@ def test_table1_seed_mean_std_and_ordering_flag(tmp_path):
         for m in TABLE1_MODELS[:-1]:
             _summary(ws, m, seed, 20.0 + seed, 80.0 + seed)
         _summary(ws, "mm2ct", seed, mm, 90.0)
+    _summary(ws, "template", None, 15.0, 60.0)   # no seed: one evaluation for both
     assert (run_dir(ws, "mm2ct", 2)).name == "mm2ct-seed2"
     t = reports.table1(ws)
     row = t.frame.set_index("model").loc["mm2ct"]
@@ -103,6 +110,7 @@ def test_table1_also_checks_the_papers_comparison_with_syndiff(tmp_path):
     psnr = {"cyclegan_t1": 21.0, "cyclegan_t2": 24.5, "syndiff_t1": 22.0, "syndiff_t2": 23.0, "mm2ct": 24.0}
     for m, p in psnr.items():
         _summary(ws, m, 42, p, 80.0, mae=70.0 if m == "mm2ct" else 80.0)
+    _summary(ws, "template", 42, 15.0, 60.0, mae=140.0)
     t = reports.table1(ws)
     assert t.ordering["psnr"]["all_seeds"] is False and t.ordering["psnr"]["per_seed"][42]["best_single"] == \
         "cyclegan_t2"
@@ -158,6 +166,8 @@ def test_missing_runs_named_with_the_command(tmp_path):
     assert "mm2ct train --profile smoke --model syndiff_t2 --seed 42 && mm2ct evaluate --profile smoke " \
            "--model syndiff_t2 --seed 42" in msg
     assert "trained but not evaluated" in msg and "make it with: mm2ct evaluate --profile smoke --model mm2ct" in msg
+    assert "(template, seed 42; needs no training, not evaluated)" in msg
+    assert "make it with: mm2ct evaluate --profile smoke --model template --seed 42" in msg
     assert "cyclegan_t1" not in msg
     assert not (ws.reports_dir / "table1.csv").exists()
 
@@ -179,7 +189,7 @@ def test_missing_runs_lists_stale_and_older_format_evaluations(tmp_path):
 
 
 def _predictions(ws, model, seed, rng, n_pat=2, n_sl=5, size=32, offset=0.0, fused=None):
-    ev = run_dir(ws, model, seed) / "eval"
+    ev = eval_dir(ws, model, seed)
     ev.mkdir(parents=True, exist_ok=True)
     yy, xx = np.mgrid[:size, :size]
     ct, mask, pat, sl = [], [], [], []
@@ -204,11 +214,11 @@ def _predictions(ws, model, seed, rng, n_pat=2, n_sl=5, size=32, offset=0.0, fus
 def test_figure4_grid_files_and_provenance(tmp_path):
     ws = _ws(tmp_path)
     rng = np.random.default_rng(0)
-    for i, m in enumerate(TABLE1_MODELS):
+    for i, m in enumerate(TABLE1_RUNS):
         _predictions(ws, m, 42, rng, offset=0.02 * i)
         _summary(ws, m, 42, 20.0, 80.0)
     f = reports.figure4(ws, n_slices=3)
-    assert f.axes.shape == (6, 3 + len(TABLE1_MODELS))
+    assert f.axes.shape == (6, 3 + len(TABLE1_RUNS)) and f.models == TABLE1_RUNS
     assert len(f.slices) == 3 and len(set(f.slices)) == 3
     # the "most body" half: slices 2..4 of each patient (radius grows with the slice), evenly through them
     assert all(s >= 2 for _, s in f.slices) and f.slices[0][0] == "P00" and f.slices[-1][0] == "P01"
@@ -217,7 +227,7 @@ def test_figure4_grid_files_and_provenance(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and pdf.read_bytes()[:5] == b"%PDF-"
     cap = txt.read_text()
     assert "[-400, 1000] HU (W 1400 / L 300)" in cap and "profile smoke" in cap and "abc1234" in cap
-    assert "P00 / " in cap and "MM2CT (T1+T2)" in cap
+    assert "P00 / " in cap and "MM2CT (T1+T2)" in cap and "MM2CT (T1+T2) | template (no MR) | CT" in cap
     assert not list(ws.reports_dir.glob(".*tmp*"))
 
 
@@ -260,10 +270,10 @@ def test_artefacts_name_no_absolute_path(tmp_path):
 
     ws = _ws(tmp_path)
     rng = np.random.default_rng(0)
-    for m in TABLE1_MODELS:
+    for m in TABLE1_RUNS:
         s = _summary(ws, m, 42, 20.0, 80.0)
         s["data"] = str(tmp_path / "data" / "generated" / "smoke" / "phantom")   # absolute, inside ws.root
-        (run_dir(ws, m, 42) / "eval" / "summary.json").write_text(json.dumps(s))
+        (eval_dir(ws, m, 42) / "summary.json").write_text(json.dumps(s))
         _predictions(ws, m, 42, rng)
     t = reports.table1(ws)
     f = reports.figure4(ws, n_slices=2)
@@ -276,4 +286,68 @@ def test_artefacts_name_no_absolute_path(tmp_path):
     assert "runs/smoke/mm2ct/eval/summary.json" in texts["table1.md"]
     assert "data: data/generated/smoke/phantom" in texts["table1.md"]
     side = json.loads(texts["table1.json"])
-    assert {r["checkpoint"] for r in side["provenance"]["runs"]} == {f"runs/smoke/{m}/best.pt" for m in TABLE1_MODELS}
+    assert {r["checkpoint"] for r in side["provenance"]["runs"]} == {f"runs/smoke/{m}/best.pt" for m in TABLE1_RUNS}
+
+
+def test_table1_checks_that_every_model_beats_the_template(tmp_path):
+    """The issue's honest baseline: SynDiff (T1) and MM2CT worse than the template on MAE, MM2CT also on bone Dice."""
+    ws = _ws(tmp_path)
+    mae = {"cyclegan_t1": 120.0, "cyclegan_t2": 125.0, "syndiff_t1": 150.0, "syndiff_t2": 130.0, "mm2ct": 139.0}
+    for m, v in mae.items():
+        _summary(ws, m, 42, 20.0, 80.0, mae=v, dice=0.5 if m == "mm2ct" else 0.7, usage=0.0 if m == "mm2ct" else 0.4)
+    _summary(ws, "template", 42, 15.0, 60.0, mae=139.0, dice=0.56, usage=0.0)
+    t = reports.table1(ws)
+    vs = t.ordering["vs_template"]
+    assert vs["claim"] == "every model > template (no MR)" and set(vs) == {"claim", "mae_hu", "dice_bone"}
+    assert vs["mae_hu"]["per_seed"][42] == {"holds": False, "template": 139.0, "not_better": ["syndiff_t1", "mm2ct"]}
+    assert vs["dice_bone"]["per_seed"][42]["not_better"] == ["mm2ct"] and not vs["dice_bone"]["all_seeds"]
+    assert "input_usage" not in t.ordering and "input_usage" not in t.ordering["vs_syndiff"]   # not a claim
+    md = t.markdown
+    assert "**Ordering (every model > template (no MR))**, per seed:" in md
+    assert "- MAE (HU): does NOT hold for every seed (seed 42: no (not better: syndiff_t1, mm2ct))" in md
+    assert "- Bone Dice: does NOT hold for every seed (seed 42: no (not better: mm2ct))" in md
+    assert "| template | no MR |" in md and "| 0.560 ± 0.050 | 0.00 ± 0.12 | – | – |" in md
+    assert "CT > 200 HU" in md and "inside the body mask of the slice cache" in md
+    assert "Input usage r" in md and "mean training CT" in md
+    csv = (ws.reports_dir / "table1.csv").read_text()
+    assert "# ordering every model > template (no MR) on dice_bone: does not hold for every seed (seed 42: no " \
+           "(not better: mm2ct))" in csv
+    side = json.loads((ws.reports_dir / "table1.json").read_text())
+    assert side["ordering"]["vs_template"]["mae_hu"]["per_seed"]["42"]["not_better"] == ["syndiff_t1", "mm2ct"]
+    lines = t.ordering_lines()
+    assert lines[0] == "MM2CT (T1+T2) > best single-modality model" and "every model > template (no MR)" in lines
+    assert any(ln.startswith("  MAE (HU)") and "does NOT hold for every seed (seed 42: no (not better: "
+               "syndiff_t1, mm2ct))" in ln for ln in lines)
+    assert t.ordering_text() == "\n".join(lines) == "\n".join(reports.ordering_lines(t.ordering))
+    better = {m: 100.0 for m in mae}
+    for m, v in better.items():
+        _summary(ws, m, 42, 20.0, 80.0, mae=v, dice=0.9)
+    assert reports.table1(ws).ordering["vs_template"]["mae_hu"]["all_seeds"] is True
+
+
+def test_the_template_row_is_one_evaluation_for_every_seed(tmp_path):
+    ws = _ws(tmp_path, seeds=(1, 2))
+    for seed in (1, 2):
+        for m in TABLE1_MODELS:
+            _summary(ws, m, seed, 20.0 + seed, 80.0, mae=100.0 + seed)
+    _summary(ws, "template", None, 15.0, 60.0, mae=139.0)
+    assert not list(ws.runs_dir.glob("template-seed*"))
+    t = reports.table1(ws)
+    row = t.frame.set_index("model").loc["template"]
+    assert row["n_seeds"] == 1 and row["mae_hu"] == 139.0 and np.isnan(row["mae_hu_seed_std"])
+    assert "| template | no MR | 15.00 ± 0.50 |" in t.markdown          # ± across patients, not across seeds
+    assert "The template has no seed: one evaluation, ± across test patients." in t.markdown
+    assert [r["model"] for r in t.provenance["runs"]].count("template") == 1     # its time is counted once
+    assert t.ordering["vs_template"]["mae_hu"]["all_seeds"] is True
+    assert reports.missing_runs(ws, ["template"]) == []
+
+
+def test_table2_shows_bone_dice_and_input_usage(tmp_path):
+    ws = _ws(tmp_path)
+    for m in TABLE2_MODELS:
+        _summary(ws, m, 42, 20.0, 80.0, dice=0.625, usage=0.25)
+    t = reports.table2(ws)
+    assert "| Bone Dice | Input usage r | Paper PSNR (dB) |" in t.markdown
+    assert "| 0.625 ± 0.050 | 0.25 ± 0.12 | 25.72 | 89.54 |" in t.markdown
+    assert "dice_bone" in t.ordering and "input_usage" not in t.ordering and "template" not in set(t.frame["model"])
+    assert "The template (no MR), the floor every model has to beat, is in Table 1." in t.markdown

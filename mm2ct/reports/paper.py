@@ -2,11 +2,14 @@
 it (docs/method.md §1.4, §1.5).
 
 A row is a ``RowSpec``: the run it reads (``runs/<profile>/<model>/eval/summary.json``), its label, and the paper's
-PSNR / SSIM with a note on where they come from (verbatim, derived, or not recovered).
+PSNR / SSIM with a note on where they come from (verbatim, derived, or not recovered). Table 1 ends with a row of
+ours, the template (``mm2ct.template``: the mean training CT, no MR), which every model has to beat.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from mm2ct.template import TEMPLATE
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ TABLE1: tuple[RowSpec, ...] = (
     RowSpec("mm2ct", "MM2CT", "T1+T2", 25.72, 89.54,
             "assumed equal to Table 2 row 3 (Table 1 itself not recovered), method.md §1.4",
             "= Table 2"),
+    RowSpec(TEMPLATE, "template", "no MR", paper_status="not in the paper (ours: the mean training CT, whatever "
+            "the MR; the floor every model has to beat)", ours=True),
 )
 TABLE2: tuple[RowSpec, ...] = (
     RowSpec("syndiff_best", "no Mamba module, no DE: SynDiff (Table 1)", "T1 or T2", 25.36, 88.97,
@@ -49,4 +54,5 @@ TABLE2: tuple[RowSpec, ...] = (
 )
 INPUT_OF = {spec.model: spec.input for spec in TABLE1}   # a trained run's input, for rows chosen among runs
 FUSION_MODELS = ("mm2ct_nomamba", "mm2ct_node", "mm2ct")  # the runs with a fused image Φ
+TEMPLATE_KEYS = ("mae_hu", "dice_bone")   # "every model beats the template" is checked on these (Table 1)
 SINGLE_MODALITY = ("cyclegan_t1", "cyclegan_t2", "syndiff_t1", "syndiff_t2")

@@ -17,6 +17,7 @@ import numpy as np
 
 from mm2ct.checkpoints import run_dir
 from mm2ct.provenance import git_commit, portable_path
+from mm2ct.template import TEMPLATE, template_dir
 from mm2ct.workspace import Workspace
 
 
@@ -46,8 +47,9 @@ def make_command(ws: Workspace, model: str, seed: int, trained: bool) -> str:
 
 
 def eval_dir(ws: Workspace, model: str, seed: int) -> Path:
-    """``<run>/eval``: where ``mm2ct.evaluate.evaluate`` writes a run's outputs."""
-    return run_dir(ws, model, seed) / "eval"
+    """``<run>/eval``: where ``mm2ct.evaluate.evaluate`` writes a run's outputs (the template: one folder for
+    every seed)."""
+    return (template_dir(ws) if model == TEMPLATE else run_dir(ws, model, seed)) / "eval"
 
 
 def require(ws: Workspace, wanted: list[tuple[str, int]], filename: str) -> None:
@@ -56,8 +58,9 @@ def require(ws: Workspace, wanted: list[tuple[str, int]], filename: str) -> None
     for model, seed in wanted:
         ev = eval_dir(ws, model, seed)
         if not (ev / filename).is_file():
-            trained = (ev.parent / "best.pt").is_file()
-            why = "trained but not evaluated" if trained else "not trained"
+            trained = model == TEMPLATE or (ev.parent / "best.pt").is_file()
+            why = "needs no training, not evaluated" if model == TEMPLATE else \
+                "trained but not evaluated" if trained else "not trained"
             lines.append(f"  {ev.parent} ({model}, seed {seed}; {why}): no {ev / filename}\n"
                          f"      make it with: {make_command(ws, model, seed, trained)}")
     if lines:
@@ -130,8 +133,11 @@ def provenance(ws: Workspace, summaries: dict, what: str) -> dict[str, Any]:
     def rel(p: Any) -> str | None:
         return portable_path(p, ws.root)
 
-    runs = []
+    runs, seen = [], set()
     for (m, s), sm in summaries.items():
+        if sm["_path"] in seen:   # one evaluation behind several seeds (the template): counted once
+            continue
+        seen.add(sm["_path"])
         runs.append({"model": m, "seed": s, "summary": rel(sm["_path"]), "checkpoint": rel(sm.get("checkpoint")),
                      "checkpoint_epoch": sm.get("checkpoint_epoch"), "train_commit": sm.get("train_commit"),
                      "eval_commit": sm.get("eval_commit"), "train_seconds": num(sm.get("train_seconds")),

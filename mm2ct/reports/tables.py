@@ -5,7 +5,12 @@ Columns: paper-style PSNR (dB) and SSIM (%) on max-normalised [0, 1] slices, mea
 §2.3), mean over test patients.  With one seed the "±" is the std across test patients; with several seeds
 (``train.seeds``) the value is the mean over seeds and "±" the std across seeds (ddof 1).  The ordering the
 paper claims (MM2CT above the best single-modality model; each Table 2 row above the previous one) is checked for
-every seed.
+every seed, on every column but input usage.
+
+Every table also shows bone Dice (CT > 200 HU inside the body mask) and input usage (Pearson r of sCT - template and
+CT - template in the mask), per test patient, mean ± std across patients (``mm2ct.metrics``; docs/data.md §9).
+Table 1 ends with the template (``mm2ct.template``: the mean training CT, no MR) and checks, per seed, that every
+model beats it on MAE and on bone Dice: a model that does not has not learned to use its input.
 
 Each table is written as ``<name>.csv`` (``#`` provenance lines on top: ``pandas.read_csv(path, comment="#")``),
 ``<name>.md`` and ``<name>.json`` (rows, per-seed numbers, ordering, provenance), each atomically.
@@ -22,8 +27,10 @@ from typing import Any
 import numpy as np
 
 from mm2ct.atomic import write_text
-from mm2ct.reports.paper import INPUT_OF, SINGLE_MODALITY, TABLE1, TABLE2, RowSpec
+from mm2ct.metrics import BONE_HU
+from mm2ct.reports.paper import INPUT_OF, SINGLE_MODALITY, TABLE1, TABLE2, TEMPLATE_KEYS, RowSpec
 from mm2ct.reports.runs import fmt, load_summaries, num, provenance, provenance_lines
+from mm2ct.template import TEMPLATE
 from mm2ct.workspace import Workspace
 
 # Summary keys shown in the tables: (summary key, key of its across-patient std, column label, decimals)
@@ -33,8 +40,19 @@ METRICS: tuple[tuple[str, str, str, int], ...] = (
     ("mae_hu", "mae_hu_std", "MAE (HU)", 1),
     ("psnr_hu", "psnr_hu_std", "PSNR HU (dB)", 2),
     ("ssim_hu", "ssim_hu_std", "SSIM HU", 4),
+    ("dice_bone", "dice_bone_std", "Bone Dice", 3),
+    ("input_usage", "input_usage_std", "Input usage r", 2),
 )
-LABELS = {key: label for key, _, label, _ in METRICS}
+ORDER_KEYS = tuple(key for key, *_ in METRICS if key != "input_usage")   # the paper's orderings are checked on
+LOWER_IS_BETTER = ("mae_hu",)
+NOTES = [
+    f"Bone Dice: Dice overlap of bone, CT > {BONE_HU:.0f} HU, between synthetic and true CT inside the body mask of "
+    "the slice cache (the mask every HU metric uses), per test patient over its slices, mean over patients; the "
+    "phantom-sized version of SynthRAD 2025's segmentation-based geometry metrics. Input usage r: Pearson r, inside "
+    "the body mask, between sCT − template and CT − template, the template being the mean training CT: 0 for a "
+    "model that ignores its MR (the template itself), 1 when the prediction departs from the template exactly as "
+    "the patient does.",
+]
 
 
 @dataclass(repr=False)
@@ -91,29 +109,31 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _rows(specs: tuple[RowSpec, ...], summaries: dict, seeds: list[int]):
-    """DataFrame rows and per-seed numbers for ``specs``."""
+    """DataFrame rows and per-seed numbers for ``specs`` (the template has no seed: its row is one evaluation,
+    shown with its spread across patients)."""
     rows, per_seed = [], {}
     for spec in specs:
         per_seed[spec.model] = {s: {k: num(summaries[(spec.model, s)].get(k)) for k, *_ in METRICS}
                                 for s in seeds}
+        row_seeds = seeds[:1] if spec.model == TEMPLATE else seeds
         row: dict[str, Any] = {"method": spec.method, "input": spec.input}
         if spec.choose_from:
-            chosen = [summaries[(spec.model, s)]["_chosen"] for s in seeds]
+            chosen = [summaries[(spec.model, s)]["_chosen"] for s in row_seeds]
             row["input"] = "/".join(sorted({INPUT_OF[m] for m in chosen}))
             row["chosen"] = " ".join(chosen)
         row.update(dict(spec.extra))
         row["model"] = spec.model
-        row["n_seeds"] = len(seeds)
+        row["n_seeds"] = len(row_seeds)
         for key, std_key, _, _ in METRICS:
-            mean, seed_std = _mean_std([per_seed[spec.model][s][key] for s in seeds])
-            patient_std = float(np.nanmean([num(summaries[(spec.model, s)].get(std_key)) for s in seeds]))
+            mean, seed_std = _mean_std([per_seed[spec.model][s][key] for s in row_seeds])
+            patient_std = float(np.nanmean([num(summaries[(spec.model, s)].get(std_key)) for s in row_seeds]))
             row[key], row[f"{key}_seed_std"], row[f"{key}_patient_std"] = mean, seed_std, patient_std
         row["paper_psnr"] = spec.paper_psnr if spec.paper_psnr is not None else math.nan
         row["paper_ssim"] = spec.paper_ssim if spec.paper_ssim is not None else math.nan
         row["paper_status"] = spec.paper_status
-        row["train_seconds"] = round(sum(num(summaries[(spec.model, s)].get("train_seconds")) for s in seeds), 1)
-        row["eval_seconds"] = round(sum(num(summaries[(spec.model, s)].get("eval_seconds")) for s in seeds), 1)
-        row["commits"] = " ".join(sorted({str(summaries[(spec.model, s)].get(k)) for s in seeds
+        row["train_seconds"] = round(sum(num(summaries[(spec.model, s)].get("train_seconds")) for s in row_seeds), 1)
+        row["eval_seconds"] = round(sum(num(summaries[(spec.model, s)].get("eval_seconds")) for s in row_seeds), 1)
+        row["commits"] = " ".join(sorted({str(summaries[(spec.model, s)].get(k)) for s in row_seeds
                                           for k in ("train_commit", "eval_commit")}))
         rows.append(row)
     return rows, per_seed
@@ -121,18 +141,18 @@ def _rows(specs: tuple[RowSpec, ...], summaries: dict, seeds: list[int]):
 
 # ------------------------------------------------------------------------------------------------ orderings
 def _better(a: float, b: float, key: str) -> bool:
-    """a strictly better than b (MAE: lower is better)."""
-    return a < b if key == "mae_hu" else a > b
+    """a strictly better than b (MAE: lower is better); nan is never better."""
+    return a < b if key in LOWER_IS_BETTER else a > b
 
 
 def _ordering_vs(per_seed: dict, seeds: list[int], baselines: tuple[str, ...], claim: str) -> dict[str, Any]:
     """Per metric and seed: does MM2CT beat the best of ``baselines`` (best chosen per seed and metric)?"""
     out: dict[str, Any] = {"claim": claim}
-    for key, *_ in METRICS:
+    for key in ORDER_KEYS:
         seeds_ok = {}
         for s in seeds:
             singles = {m: per_seed[m][s][key] for m in baselines}
-            best = min(singles, key=singles.get) if key == "mae_hu" else max(singles, key=singles.get)
+            best = min(singles, key=singles.get) if key in LOWER_IS_BETTER else max(singles, key=singles.get)
             seeds_ok[s] = {"holds": bool(_better(per_seed["mm2ct"][s][key], singles[best], key)),
                            "best_single": best, "best_single_value": singles[best],
                            "mm2ct": per_seed["mm2ct"][s][key]}
@@ -146,13 +166,29 @@ def _ordering_table1(per_seed: dict, seeds: list[int]) -> dict[str, Any]:
     out = _ordering_vs(per_seed, seeds, SINGLE_MODALITY, "MM2CT (T1+T2) > best single-modality model")
     out["vs_syndiff"] = _ordering_vs(per_seed, seeds, ("syndiff_t1", "syndiff_t2"),
                                      "MM2CT (T1+T2) > best SynDiff, the paper's best baseline")
+    out["vs_template"] = _ordering_vs_template(per_seed, seeds, [spec.model for spec in TABLE1
+                                                                 if spec.model != TEMPLATE])
+    return out
+
+
+def _ordering_vs_template(per_seed: dict, seeds: list[int], models: list[str]) -> dict[str, Any]:
+    """Per seed, on MAE and bone Dice: is every model strictly better than the template (the mean training CT)?
+    ``not_better`` names the models that are not."""
+    out: dict[str, Any] = {"claim": "every model > template (no MR)"}
+    for key in TEMPLATE_KEYS:
+        seeds_ok = {}
+        for s in seeds:
+            t = per_seed[TEMPLATE][s][key]
+            not_better = [m for m in models if not _better(per_seed[m][s][key], t, key)]
+            seeds_ok[s] = {"holds": not not_better, "template": t, "not_better": not_better}
+        out[key] = {"per_seed": seeds_ok, "all_seeds": all(v["holds"] for v in seeds_ok.values())}
     return out
 
 
 def _ordering_table2(per_seed: dict, seeds: list[int]) -> dict[str, Any]:
     chain = [spec.model for spec in TABLE2 if not spec.ours]
     out: dict[str, Any] = {"claim": " < ".join(chain) + " (each row better than the previous)"}
-    for key, *_ in METRICS:
+    for key in ORDER_KEYS:
         seeds_ok = {s: {"holds": all(_better(per_seed[b][s][key], per_seed[a][s][key], key)
                                      for a, b in zip(chain, chain[1:])),
                         **{m: per_seed[m][s][key] for m in chain}} for s in seeds}
@@ -161,8 +197,8 @@ def _ordering_table2(per_seed: dict, seeds: list[int]) -> dict[str, Any]:
 
 
 def orderings(ordering: dict) -> list[dict]:
-    """The ordering checks of a table: its own, then Table 1's check against SynDiff when present."""
-    return [ordering, *([ordering["vs_syndiff"]] if "vs_syndiff" in ordering else [])]
+    """The ordering checks of a table: its own, then Table 1's checks against SynDiff and the template."""
+    return [ordering, *(ordering[k] for k in ("vs_syndiff", "vs_template") if k in ordering)]
 
 
 def _verdicts(order: dict) -> list[tuple[str, str, str, str]]:
@@ -173,8 +209,10 @@ def _verdicts(order: dict) -> list[tuple[str, str, str, str]]:
             continue
         per = order[key]["per_seed"]
         verdict = "holds for every seed" if order[key]["all_seeds"] else "does NOT hold for every seed"
-        out.append((key, label, verdict, ", ".join(f"seed {s}: {'yes' if v['holds'] else 'no'}"
-                                                    for s, v in per.items())))
+        out.append((key, label, verdict, ", ".join(
+            f"seed {s}: {'yes' if v['holds'] else 'no'}"
+            + (f" (not better: {', '.join(v['not_better'])})" if v.get("not_better") else "")
+            for s, v in per.items())))
     return out
 
 
@@ -208,11 +246,13 @@ def _markdown(title: str, rows: list[dict], specs: tuple[RowSpec, ...], ordering
                  *(_cell(row, key, d) for key, _, _, d in METRICS), *paper]
         lines.append("| " + " | ".join(cells) + " |")
     n_seeds = len(prov["seeds"])
-    lines += ["", ("Values: mean over %d seeds ± std across seeds." % n_seeds) if n_seeds > 1 else
+    seedless = " The template has no seed: one evaluation, ± across test patients." \
+        if n_seeds > 1 and TEMPLATE in spec_of else ""
+    lines += ["", (f"Values: mean over {n_seeds} seeds ± std across seeds.{seedless}") if n_seeds > 1 else
               "Values: one seed; ± is the std across test patients (per-patient means).",
               "PSNR / SSIM (%): paper style — each slice mapped to [0, 1] and divided by its maximum, data range 1, "
               "mean over all test slices (method.md §8.5). MAE / PSNR HU / SSIM HU: SynthRAD2023 style in the "
-              "body mask, window [-1024, 3000] HU, mean over test patients (data.md §2.3).", ""]
+              "body mask, window [-1024, 3000] HU, mean over test patients (data.md §2.3).", *NOTES, ""]
     for order in orderings(ordering):
         lines.append(f"**Ordering ({order['claim']})**, per seed:")
         lines.append("")
@@ -282,7 +322,10 @@ def table1(ws: Workspace, seeds: list[int] | None = None, write: bool = True) ->
     """Table 1: CycleGAN and SynDiff (T1 -> CT, T2 -> CT) vs MM2CT (T1 + T2 -> CT), the paper's numbers beside."""
     return _build(ws, "table1", "Table 1", f"Table 1 — MR -> CT on the test patients (profile {ws.profile})", TABLE1,
                   _ordering_table1, seeds, write,
-                  ["", "Paper: Table 1 itself was not recovered (method.md §1.4); CycleGAN's numbers are unknown."])
+                  ["", "Paper: Table 1 itself was not recovered (method.md §1.4); CycleGAN's numbers are unknown. "
+                       "The template (no MR) is our extra row: the mean CT of the training slices, evaluated like "
+                       "every model; a model that does not beat it on MAE and bone Dice has not learned to use its "
+                       "input."])
 
 
 def table2(ws: Workspace, seeds: list[int] | None = None, write: bool = True) -> Table:
@@ -293,4 +336,5 @@ def table2(ws: Workspace, seeds: list[int] | None = None, write: bool = True) ->
                   ["", "Row 1 is the paper's: its numbers equal the paper's best single-modality SynDiff row, so "
                        "it is Table 1's SynDiff (T1 or T2, whichever has the better validation PSNR in each seed; "
                        "not trained again; method.md open choice 23). The conv-only fusion (shared stem, average, "
-                       "output convs, no Mamba and no DE) is our extra row and is left out of the ordering check."])
+                       "output convs, no Mamba and no DE) is our extra row and is left out of the ordering check. "
+                       "The template (no MR), the floor every model has to beat, is in Table 1."])
