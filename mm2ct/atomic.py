@@ -47,6 +47,11 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of this module's temporary names (``.NAME.tmp-PID[.EXT]``)."""
+    return _TMP.match(name) is not None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

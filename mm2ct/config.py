@@ -11,7 +11,9 @@ every key and type so that a typo in a profile or an override is an error, never
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,7 +46,7 @@ class DataConfig:
     mr_percentile: float = 99.5      # robust MR normalisation: this body-mask percentile -> +1
     ct_norm: str = "window"          # window (hu_min..hu_max -> [-1, 1], exact inverse) | syndiff [open choice 3]
     split_csv: str | None = None     # patient,split CSV fixing the split (None: seeded; Gold Atlas: committed CSV)
-    phantom_grid: str = "gold"       # phantom grid preset: gold (256^2 @1.75 mm) | coarse (128^2 @3.5 mm) | tiny
+    phantom_grid: str = "gold"       # phantom grid preset: gold (256^2 @1.75 mm) | coarse (128^2 @3.5 mm) | tiny | full
     phantom_slices: int = 56         # slices per phantom patient (48-64 in data.md §4.1)
     phantom_seed: int = 0            # patient p gets seed phantom_seed + p
     phantom_t1_grid: str = "own"     # own: T1 on its own grid, rigidly offset (resampled onto T2) | t2
@@ -248,18 +250,121 @@ def from_dict(d: dict[str, Any], source: str = "<dict>") -> Config:
     return cfg
 
 
+# Choices of string settings. They mirror what the code accepts (tests/test_config.py checks them against
+# mm2ct.data.sources.LAYOUTS, mm2ct.data.phantom.GRIDS and mm2ct.ops.BACKENDS, which config must not import).
+LAYOUT_CHOICES = ("auto", "phantom", "nifti", "goldatlas", "synthrad", "syndiff_mat")
+MR_NORM_CHOICES = ("syndiff", "robust")
+CT_NORM_CHOICES = ("window", "syndiff")
+PHANTOM_GRID_CHOICES = ("full", "gold", "coarse", "tiny")
+PHANTOM_T1_GRID_CHOICES = ("own", "t2")
+SCAN_BACKEND_CHOICES = ("auto", "cuda", "cpu", "torch", "ref")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
 def _choice(value: str, choices: tuple[str, ...], where: str) -> None:
     if value not in choices:
         raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
 
 
+def _at_least(value: int | float | None, low: int | float, where: str) -> None:
+    """``value`` >= ``low`` (None passes: an optional setting left unset)."""
+    if value is not None and value < low:
+        raise ConfigError(f"{where}: must be >= {low}, got {value}")
+
+
+def _positive(value: float, where: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{where}: must be > 0, got {value}")
+
+
+def _fraction(value: float, where: str) -> None:
+    """0 <= value < 1 (a decay or an Adam beta: 1 would never forget, more would extrapolate)."""
+    if not 0 <= value < 1:
+        raise ConfigError(f"{where}: must be in [0, 1), got {value}")
+
+
+def _finite(obj: Any, where: str) -> None:
+    """Every float of the tree is finite (YAML's .nan / .inf are well typed but never a valid setting)."""
+    if dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            _finite(getattr(obj, f.name), f"{where}.{f.name}" if where else f.name)
+    elif isinstance(obj, tuple):
+        for i, v in enumerate(obj):
+            _finite(v, f"{where}[{i}]")
+    elif isinstance(obj, float) and not math.isfinite(obj):
+        raise ConfigError(f"{where}: must be a finite number, got {obj}")
+
+
 def check_values(cfg: Config) -> None:
-    """Values that are well typed but not allowed, and combinations that cannot be built (ConfigError names the
-    field)."""
-    _choice(cfg.fusion.aux_dt_init, ("linear", "mamba"), "fusion.aux_dt_init")
-    if cfg.fusion.de and not cfg.fusion.mamba:
+    """Values that are well typed but not allowed (out of range, not finite, not a choice) and combinations that
+    cannot be built; the ConfigError names the field (``from_dict`` adds the file)."""
+    _finite(cfg, "")
+    d, t, f, tr, e = cfg.data, cfg.train, cfg.fusion, cfg.translator, cfg.eval
+    # data
+    _choice(d.layout, LAYOUT_CHOICES, "data.layout")
+    _choice(d.mr_norm, MR_NORM_CHOICES, "data.mr_norm")
+    _choice(d.ct_norm, CT_NORM_CHOICES, "data.ct_norm")
+    _choice(d.phantom_grid, PHANTOM_GRID_CHOICES, "data.phantom_grid")
+    _choice(d.phantom_t1_grid, PHANTOM_T1_GRID_CHOICES, "data.phantom_t1_grid")
+    _at_least(d.n_patients, 1, "data.n_patients")
+    for i, n in enumerate(d.split):
+        _at_least(n, 0, f"data.split[{i}]")
+    if d.split[0] < 1:
+        raise ConfigError(f"data.split: needs at least one training patient (the normalisation is fitted on them), "
+                          f"got {tuple(d.split)}")
+    if d.split_csv is None and sum(d.split) != d.n_patients:
+        raise ConfigError(f"data.split: {tuple(d.split)} adds up to {sum(d.split)} patients, data.n_patients is "
+                          f"{d.n_patients}; make them agree (or fix the split with data.split_csv)")
+    _at_least(d.image_size, 1, "data.image_size")
+    if d.hu_max <= d.hu_min:
+        raise ConfigError(f"data.hu_max: must be > data.hu_min ({d.hu_min}), got {d.hu_max}")
+    if not 0 < d.mr_percentile <= 100:
+        raise ConfigError(f"data.mr_percentile: must be in (0, 100], got {d.mr_percentile}")
+    _at_least(d.phantom_slices, 1, "data.phantom_slices")
+    _at_least(d.slices_per_patient, 1, "data.slices_per_patient")
+    # scan, fusion, translator
+    _choice(cfg.scan.backend, SCAN_BACKEND_CHOICES, "scan.backend")
+    for name in ("embed_dim", "d_state", "d_conv", "expand"):
+        _at_least(getattr(f, name), 1, f"fusion.{name}")
+    for name in ("n_extract", "n_swap", "n_m3", "n_recon"):
+        _at_least(getattr(f, name), 0, f"fusion.{name}")
+    _choice(f.aux_dt_init, ("linear", "mamba"), "fusion.aux_dt_init")
+    if f.de and not f.mamba:
         raise ConfigError("fusion.de: true needs fusion.mamba: true (the final fusion block that reads the enhanced "
                           "maps is a Mamba block); set fusion.de: false for the conv-only fusion")
+    for name in ("num_timesteps", "nf", "num_res_blocks", "nz", "z_emb_dim", "n_mlp", "t_emb_dim", "disc_ngf", "ngf",
+                 "ndf", "n_layers_d"):
+        _at_least(getattr(tr, name), 1, f"translator.{name}")
+    _at_least(tr.n_blocks_nd, 0, "translator.n_blocks_nd")
+    _positive(tr.beta_min, "translator.beta_min")
+    if tr.beta_max <= tr.beta_min:
+        raise ConfigError(f"translator.beta_max: must be > translator.beta_min ({tr.beta_min}), got {tr.beta_max}")
+    if not tr.ch_mult:
+        raise ConfigError("translator.ch_mult: give at least one level")
+    for name in ("ch_mult", "attn_resolutions"):
+        for i, v in enumerate(getattr(tr, name)):
+            _at_least(v, 1, f"translator.{name}[{i}]")
+    # train
+    if not t.models:
+        raise ConfigError("train.models: give at least one model")
+    if not t.seeds:
+        raise ConfigError("train.seeds: give at least one seed")
+    for s in t.seeds:
+        if t.seeds.count(s) > 1:
+            raise ConfigError(f"train.seeds: seed {s} is listed twice (each seed is one run)")
+    for name in ("batch_size", "epochs", "max_steps_per_epoch", "lr_schedule_epochs", "lazy_reg", "val_every", "jobs"):
+        _at_least(getattr(t, name), 1, f"train.{name}")
+    for name in ("lr_g", "lr_d"):
+        _positive(getattr(t, name), f"train.{name}")
+    for name in ("lr_min", "lambda_l1", "lambda_cyc_cyclegan", "lambda_fusion", "r1_gamma"):
+        _at_least(getattr(t, name), 0, f"train.{name}")
+    for name in ("beta1", "beta2", "ema_decay"):
+        _fraction(getattr(t, name), f"train.{name}")
+    if not _DEVICE.match(t.device):
+        raise ConfigError(f"train.device: expected auto, cpu, cuda or cuda:N, got {t.device!r}")
+    # eval
+    for name in ("n_samples", "max_test_slices", "figure_slices"):
+        _at_least(getattr(e, name), 1, f"eval.{name}")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -269,21 +374,53 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_profile(name: str, seen: tuple[str, ...] = ()) -> tuple[Path, dict[str, Any]]:
-    """(path, raw mapping) of a profile; ``extends: OTHER`` at the top merges it onto profile OTHER."""
-    path = Path(name) if str(name).endswith((".yaml", ".yml")) else profile_path(name)
+def _is_file_name(name: str) -> bool:
+    return str(name).endswith((".yaml", ".yml"))
+
+
+def _profile_file(name: str, folder: Path | None = None) -> Path:
+    """A shipped profile's file, or a YAML path (relative ones: to ``folder``, the including file's folder)."""
+    if not _is_file_name(name):
+        return profile_path(name)
+    path = Path(name).expanduser()
+    return folder / path if folder is not None and not path.is_absolute() else path
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(e).split())
+
+
+def _read_profile(name: str, chain: tuple[tuple[Path, str], ...] = (),
+                  parent: Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """(path, raw mapping) of a profile; ``extends: OTHER`` at the top merges it onto profile OTHER (a shipped
+    profile's name, or a YAML path relative to the file that names it). ``chain``: the files that led here."""
+    path = _profile_file(name, parent.parent if parent is not None else None)
     if not path.is_file():
+        if parent is not None:
+            raise ConfigError(f"{parent}: extends: {name!r}: {path} not found (a shipped profile: "
+                              f"{', '.join(shipped_profiles())}; or a .yaml path, relative to {parent.parent})")
         raise ConfigError(f"unknown profile {name!r}: no file {path} (shipped profiles: "
                           f"{', '.join(shipped_profiles())})")
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+    chain = (*chain, (path.resolve(), path.name if _is_file_name(name) else str(name)))
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     base = raw.pop("extends", None)
     if base is not None:
-        if base in seen:
-            raise ConfigError(f"{path}: profiles extend each other in a circle ({' -> '.join((*seen, base))})")
-        _, base_raw = _read_profile(base, (*seen, str(name)))
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: extends: expected a profile name or a .yaml path, got {base!r}")
+        base_path = _profile_file(base, path.parent)
+        if base_path.is_file() and base_path.resolve() in [p for p, _ in chain]:
+            names = [label for _, label in chain] + [base_path.name if _is_file_name(base) else base]
+            raise ConfigError(f"{path}: profiles extend each other in a circle ({' -> '.join(names)})")
+        _, base_raw = _read_profile(base, chain, path)
         base_raw.pop("profile", None)
         raw = _merge(base_raw, raw)
     return path, raw
@@ -292,7 +429,8 @@ def _read_profile(name: str, seen: tuple[str, ...] = ()) -> tuple[Path, dict[str
 def load_profile(name: str = "smoke", data_dir: str | os.PathLike | None = None, **overrides: Any) -> Config:
     """Load a shipped profile (or a YAML file path), apply overrides, validate everything.
 
-    A profile file may start with ``extends: NAME`` to change only some fields of another profile.
+    A profile file may start with ``extends: NAME`` to change only some fields of another profile (NAME: a shipped
+    profile, or a .yaml path relative to the file that names it).
 
     ``data_dir`` (or env ``MM2CT_DATA_DIR`` when not given) sets ``data.root``; overrides are nested dicts per
     section, e.g. ``load_profile("demo", train={"epochs": 3})``.

@@ -248,14 +248,16 @@ def _in_memory(path: Path):
 
 # ------------------------------------------------------------------------------------------------------- CLI
 def configure(parser) -> None:
+    from mm2ct.cli import positive_int
+
     parser.add_argument("--t1", default=None, help="T1-weighted NIfTI (.nii.gz / .nii)")
     parser.add_argument("--t2", default=None, help="T2-weighted NIfTI; defines the output grid when given")
     parser.add_argument("--checkpoint", required=True, help="trained model, e.g. runs/demo/mm2ct/best.pt")
     parser.add_argument("-o", "--output", required=True, help="synthetic CT to write (.nii.gz), int16 HU")
-    parser.add_argument("--samples", type=int, default=1,
+    parser.add_argument("--samples", type=positive_int, default=1,
                         help="diffusion samples per slice: the output is their mean, and their per-voxel std (HU) "
                              "is written to <output>_std.nii.gz (default 1)")
-    parser.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass (default 8)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: the checkpoint's eval.seed)")
     parser.add_argument("--cache", default=None,

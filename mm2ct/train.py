@@ -383,13 +383,15 @@ def _append_csv(path: Path, rows: list[dict]) -> None:
 
 # ----------------------------------------------------------------------------------------------------- CLI
 def configure(parser) -> None:
+    from mm2ct.cli import positive_int
+
     parser.add_argument("--profile", default="demo", help="smoke | demo | paper | path/to/profile.yaml")
     parser.add_argument("--model", nargs="+", default=None,
                         help="translator name(s) (default: the profile's train.models)")
     parser.add_argument("--seed", type=int, nargs="+", default=None, help="seed(s) (default: train.seeds)")
     parser.add_argument("--data-dir", default=None, help="dataset folder (default: $MM2CT_DATA_DIR or the phantom)")
     parser.add_argument("--fresh", action="store_true", help="ignore an existing last.pt and start over")
-    parser.add_argument("--jobs", type=int, default=None,
+    parser.add_argument("--jobs", type=positive_int, default=None,
                         help="CPU: runs trained at once in separate processes (default: train.jobs)")
     parser.add_argument("--no-progress", action="store_true")
 

@@ -130,3 +130,29 @@ def test_device_errors_name_the_option_or_setting_they_came_from(tmp_path, capsy
     bad.write_text("extends: smoke\ntrain:\n  device: cuda\n")
     rc = main(["train", "--profile", str(bad), "--model", "cyclegan_t1", "--workdir", str(tmp_path / "w")])
     _one_error(capsys, rc, "train.device", "'cuda'")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["phantom", "--patients", "0"], "--patients: must be >= 1, got 0"),
+    (["phantom", "--patients", "-2"], "--patients: must be >= 1, got -2"),
+    (["phantom", "--slices", "0"], "--slices: must be >= 1, got 0"),
+    (["translate", "--t1", "a.nii.gz", "--checkpoint", "c.pt", "-o", "o.nii.gz", "--samples", "0"],
+     "--samples: must be >= 1"),
+    (["translate", "--t1", "a.nii.gz", "--checkpoint", "c.pt", "-o", "o.nii.gz", "--batch-size", "0"],
+     "--batch-size: must be >= 1"),
+    (["train", "--jobs", "0"], "--jobs: must be >= 1"),
+])
+def test_integer_options_are_checked_before_anything_runs(tmp_path, capsys, argv, message) -> None:
+    if argv[0] == "phantom":
+        argv = [*argv, "--out", str(tmp_path / "ph")]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "ph").exists()
+
+
+def test_phantom_refuses_a_dataset_folder(tmp_path, capsys) -> None:
+    (tmp_path / "data" / "patient01").mkdir(parents=True)
+    rc = main(["phantom", "--out", str(tmp_path / "data"), "--patients", "1", "--size", "tiny"])
+    _one_error(capsys, rc, str(tmp_path / "data"), "patient01")
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["patient01"]

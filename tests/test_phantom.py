@@ -160,3 +160,32 @@ def test_cli_writes_the_generic_layout_with_a_manifest(tmp_path):
     assert ct.get_data_dtype() == np.int16 and np.array_equal(np.asanyarray(ct.dataobj), case.ct)
     t1 = read_nifti(out / "phantom_001" / "t1.nii.gz")
     assert np.allclose(t1.affine, case.t1_affine, atol=1e-4) and np.allclose(t1.data, case.t1)
+
+
+def test_counts_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="n_slices must be >= 1, got 0"):
+        phantom.generate_patient(0, "tiny", n_slices=0)
+    for n in (0, -2):
+        with pytest.raises(ValueError, match=f"n_patients must be >= 1, got {n}"):
+            phantom.generate_dataset(tmp_path / "ph", n, grid="tiny", progress=False)
+    assert not (tmp_path / "ph").exists()
+
+
+def test_out_must_be_new_empty_or_a_previous_phantom(tmp_path):
+    """A dataset folder of the user's is refused (a manifest there would hide their patients); a previous phantom
+    is regenerated, and patients of it that the new one does not have are removed."""
+    data = tmp_path / "data"
+    (data / "patient01").mkdir(parents=True)
+    (data / "patient01" / "t2.nii.gz").write_bytes(b"user's scan")
+    with pytest.raises(phantom.PhantomFolderError, match="patient01") as e:
+        phantom.generate_dataset(data, 1, grid="tiny", n_slices=2, progress=False)
+    assert str(data) in str(e.value)
+    assert sorted(p.name for p in data.iterdir()) == ["patient01"]
+    out = phantom.generate_dataset(tmp_path / "ph", 2, grid="tiny", n_slices=2, progress=False)
+    (out / ".phantom_000.tmp-999999999").mkdir()                          # a killed writer's leftovers are ours
+    phantom.generate_dataset(out, 1, grid="tiny", n_slices=2, seed=3, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["phantom.json", "phantom_000"]
+    assert phantom.read_manifest(out)["seed"] == 3
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(phantom.PhantomFolderError, match="notes.txt"):
+        phantom.generate_dataset(out, 1, grid="tiny", n_slices=2, progress=False)

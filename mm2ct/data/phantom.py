@@ -30,6 +30,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +40,8 @@ from typing import Any, Callable
 import numpy as np
 from scipy import ndimage
 
-from mm2ct.atomic import write_text
+from mm2ct.atomic import is_temporary, sweep_stale, write_text
+from mm2ct.data.io import DataError
 
 GENERATOR_VERSION = 1
 HU_MIN, HU_MAX = -1024, 3071        # int16 HU range of the SynthRAD releases (data.md §2.2, §4.1)
@@ -794,8 +797,10 @@ def generate_patient(seed: int, grid: str = "coarse", n_slices: int | None = Non
         raise ValueError(f"unknown phantom grid {grid!r}; choose one of {', '.join(GRIDS)}")
     if t1_grid not in ("t2", "own"):
         raise ValueError(f"t1_grid must be 't2' or 'own', got {t1_grid!r}")
+    if n_slices is not None and n_slices < 1:
+        raise ValueError(f"n_slices must be >= 1, got {n_slices}")
     preset = GRIDS[grid]
-    nz = int(n_slices or preset.slices)
+    nz = int(n_slices if n_slices is not None else preset.slices)
     shape = (preset.n_xy, preset.n_xy, nz)
     spacing = (preset.spacing_xy, preset.spacing_xy, preset.spacing_z)
     affine = grid_affine(shape, spacing)
@@ -848,6 +853,11 @@ def write_patient(case: PhantomCase, folder: str | os.PathLike, labels: bool = T
 
 
 MANIFEST = "phantom.json"
+_PATIENT = re.compile(r"^phantom_\d{3,}$")
+
+
+class PhantomFolderError(DataError):
+    """The output folder holds something that is not a phantom of ours."""
 
 
 def patient_id(i: int) -> str:
@@ -858,7 +868,8 @@ def dataset_spec(n_patients: int, seed: int = 0, grid: str = "coarse", n_slices:
                  t1_grid: str = "t2", labels: bool = True) -> dict[str, Any]:
     """What identifies a generated phantom folder (stored in its manifest; ``ensure_dataset`` compares it)."""
     return dict(generator="mm2ct.data.phantom", version=GENERATOR_VERSION, n_patients=int(n_patients),
-                seed=int(seed), grid=grid, n_slices=int(n_slices or GRIDS[grid].slices), t1_grid=t1_grid,
+                seed=int(seed), grid=grid, n_slices=int(GRIDS[grid].slices if n_slices is None else n_slices),
+                t1_grid=t1_grid,
                 labels=bool(labels))
 
 
@@ -866,8 +877,30 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(folder) / MANIFEST
     if not path.is_file():
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except ValueError as e:
+        raise DataError(path, f"corrupt phantom manifest ({e}); generate the phantom again (`mm2ct phantom`)") from None
+    if not isinstance(manifest, dict):
+        raise DataError(path, "corrupt phantom manifest (not a JSON object); generate the phantom again")
+    return manifest
+
+
+def check_output_folder(out: str | os.PathLike) -> None:
+    """Refuse an output folder that holds anything but a previous phantom (its manifest, ``phantom_NNN`` patient
+    folders, temporary files of its writers): a manifest written there would hide the patients of a dataset."""
+    out = Path(out)
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not out.is_dir():
+        raise PhantomFolderError(out, "exists and is not a folder; choose a new or empty folder for --out")
+    foreign = sorted(p.name for p in out.iterdir()
+                     if not (p.name == MANIFEST or is_temporary(p.name) or (p.is_dir() and _PATIENT.match(p.name))))
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise PhantomFolderError(out, f"holds files that are not an mm2ct phantom ({listed}); a phantom written "
+                                      f"there would hide them: choose a new or empty folder for --out")
 
 
 def generate_dataset(out: str | os.PathLike, n_patients: int, seed: int = 0, grid: str = "coarse",
@@ -876,22 +909,32 @@ def generate_dataset(out: str | os.PathLike, n_patients: int, seed: int = 0, gri
     """Write ``n_patients`` phantom patients (patient i gets seed ``seed + i``) and the manifest ``phantom.json``.
 
     Layout: ``out/<patient>/{t1,t2,ct,mask[,labels]}.nii.gz`` (the generic NIfTI layout, data.md §5) plus the
-    manifest, written last, so a folder with a manifest is complete.
+    manifest, written last, so a folder with a manifest is complete. ``out`` must be new, empty or a previous
+    phantom (``check_output_folder``), whose patients are replaced (those beyond ``n_patients`` removed).
     """
     from tqdm.auto import tqdm
 
+    if n_patients < 1:
+        raise ValueError(f"n_patients must be >= 1, got {n_patients}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)
+    check_output_folder(out)
     spec = dataset_spec(n_patients, seed, grid, n_slices, t1_grid, labels)
+    out.mkdir(parents=True, exist_ok=True)
+    sweep_stale(out)
+    (out / MANIFEST).unlink(missing_ok=True)
     patients = []
     for i in tqdm(range(n_patients), desc=f"phantom ({grid})", unit="patient", disable=not progress):
         t0 = time.perf_counter()
         case = generate_patient(seed + i, grid, spec["n_slices"], t1_grid)
+        sweep_stale(out / patient_id(i))
         write_patient(case, out / patient_id(i), labels)
         patients.append(dict(id=patient_id(i), seconds=round(time.perf_counter() - t0, 2), **case.params))
         if log:
             log(f"{patient_id(i)}: {patients[-1]['seconds']} s")
+    keep = {p["id"] for p in patients}
+    for old in out.iterdir():                                    # patients of a larger previous phantom
+        if old.is_dir() and _PATIENT.match(old.name) and old.name not in keep:
+            shutil.rmtree(old)
     write_text(out / MANIFEST, json.dumps(dict(spec, patients=patients, label_names=LABEL_NAMES), indent=1))
     return out
 
@@ -899,13 +942,16 @@ def generate_dataset(out: str | os.PathLike, n_patients: int, seed: int = 0, gri
 # ------------------------------------------------------------------------------------------------------ CLI
 
 def configure(parser) -> None:
-    parser.add_argument("--patients", type=int, default=3, help="number of patients (default 3)")
+    from mm2ct.cli import positive_int
+
+    parser.add_argument("--patients", type=positive_int, default=3, help="number of patients (default 3)")
     parser.add_argument("--out", required=True, help="output folder (DIR/<patient>/{t1,t2,ct,mask}.nii.gz)")
     parser.add_argument("--seed", type=int, default=0, help="patient i gets seed SEED + i (default 0)")
     parser.add_argument("--size", choices=sorted(GRIDS), default="coarse",
                         help="grid preset: " + "; ".join(f"{k} {g.n_xy}x{g.n_xy} @{g.spacing_xy:.3g} mm, "
                                                          f"{g.spacing_z:g} mm slices" for k, g in GRIDS.items()))
-    parser.add_argument("--slices", type=int, default=None, help="slices per patient (default: the preset's)")
+    parser.add_argument("--slices", type=positive_int, default=None,
+                        help="slices per patient (default: the preset's)")
     parser.add_argument("--t1-grid", choices=("t2", "own"), default="own",
                         help="T1 on the T2 grid, or on its own grid with a small rigid offset (default own)")
     parser.add_argument("--no-labels", action="store_true", help="do not write labels.nii.gz")
