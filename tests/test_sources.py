@@ -208,3 +208,22 @@ def test_ensure_dataset_generates_the_phantom_once(tmp_path):
     assert nib.load(str(root / "phantom_000" / "t2.nii.gz")).shape == (48, 48, 6)
     with pytest.raises(DataError, match="data folder not found"):
         ensure_dataset(resolve("smoke", data_dir=tmp_path / "nope", root=tmp_path))
+
+
+@pytest.mark.parametrize("missing", ["t2", "t1", "ct"])
+def test_a_patient_missing_any_modality_is_an_error_naming_it(nifti_dir, tmp_path, missing):
+    """Every modality follows one rule: a patient folder without it is an error naming the patient and the file,
+    never silently skipped (the split would quietly take another patient)."""
+    from mm2ct.config import load_profile
+    from mm2ct.data.slices import build_cache
+
+    folder = nifti_dir / "phantom_000"
+    (folder / f"{missing}.nii.gz").rename(folder / f"{missing}_old.nii.gz")
+    assert list_patients(nifti_dir) == ["phantom_000", "phantom_001"]
+    with pytest.raises(DataError, match=f"missing modality {missing}: no {missing}.nii.gz") as e:
+        load_patient(nifti_dir, "phantom_000")
+    assert e.value.path == folder and "phantom_000" in str(e.value)
+    cfg = load_profile("smoke", data={"n_patients": 2, "split": [1, 0, 1]})
+    with pytest.raises(DataError, match=f"phantom_000.*{missing}.nii.gz"):
+        build_cache(nifti_dir, tmp_path / "cache", cfg.data, progress=False)
+    assert not (tmp_path / "cache").exists()

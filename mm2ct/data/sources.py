@@ -178,8 +178,14 @@ def detect_layout(root: str | os.PathLike, layout: str = "auto") -> str:
     return layout
 
 
+def _has_nifti(folder: Path) -> bool:
+    return any(p.name.endswith(_NIFTI_EXT) and not p.name.startswith(".") for p in folder.iterdir() if p.is_file())
+
+
 def list_patients(root: str | os.PathLike, layout: str = "auto") -> list[str]:
-    """Patient ids of a folder, sorted by name (the phantom: in manifest order)."""
+    """Patient ids of a folder, sorted by name (the phantom: in manifest order). In the NIfTI layouts every
+    sub-folder that holds a NIfTI volume is a patient, whichever modalities it has (``load_patient`` names a missing
+    one)."""
     root = Path(root)
     layout = detect_layout(root, layout)
     if layout == "phantom":
@@ -188,10 +194,8 @@ def list_patients(root: str | os.PathLike, layout: str = "auto") -> list[str]:
     elif layout == "syndiff_mat":
         raise DataError(root, "the syndiff_mat layout holds slice stacks, not patients; use read_syndiff_mat or "
                               "`mm2ct prepare`")
-    elif layout == "nifti":
-        ids = [d.name for d in _subdirs(root) if _nifti(d, "t2")]
-    elif layout == "synthrad":
-        ids = [d.name for d in _subdirs(root) if _nifti(d, "mr")]
+    elif layout in ("nifti", "synthrad"):   # any folder with a volume: one missing modality is load_patient's error
+        ids = [d.name for d in _subdirs(root) if _has_nifti(d)]
     else:
         ids = [d.name for d in _subdirs(root) if next(d.glob("*.[dD][cC][mM]"), None) is not None]
     if not ids:
@@ -212,8 +216,9 @@ def load_patient(root: str | os.PathLike, patient: str, layout: str = "auto") ->
         required = ("mr", "ct") if layout == "synthrad" else ("t1", "t2", "ct")
         missing = [k for k in required if files[k] is None]
         if missing:
-            raise DataError(folder, f"missing modality {', '.join(missing)} (expected "
-                                    f"{', '.join(k + '.nii.gz' for k in required)})")
+            raise DataError(folder, f"missing modality {', '.join(missing)}: no "
+                                    f"{' or '.join(k + '.nii.gz' for k in missing)} (nor .nii) for patient "
+                                    f"{patient!r}; every patient needs {', '.join(k + '.nii.gz' for k in required)}")
         return patient_from_files(files, patient)
     if layout == "goldatlas":
         return load_goldatlas_patient(folder)
