@@ -9,7 +9,7 @@ Panels are stacks of axial slices (Z, H, W) in the radiological view of ``mm2ct.
 * ``mask``: binary; ``error`` (added as sct - ct when both are given): diverging, +-300 HU (or its unit equivalent).
 
 ``slice_viewer`` returns an ipywidgets box (slider + figure) that works headless: building it draws into an Output
-widget and never needs a front end.
+widget and never needs a front end; ``box.figure`` is the figure it shows (the slider's slice).
 """
 from __future__ import annotations
 
@@ -58,8 +58,10 @@ def display_settings(key: str, stack: np.ndarray, units: str = "hu", hu_min: flo
 
 
 def montage(panels: Mapping[str, np.ndarray], slices: list[int] | None = None, units: str = "hu",
-            titles: bool = True, size: float = 2.2, hu_min: float = -1024.0, hu_max: float = 3071.0):
-    """A figure with one column per panel and one row per slice index (default: the middle slice)."""
+            titles: bool = True, size: float = 2.2, hu_min: float = -1024.0, hu_max: float = 3071.0,
+            title: str | None = None):
+    """A figure with one column per panel and one row per slice index (default: the middle slice); ``title``
+    above all panels (laid out with them, so it never covers a panel's title)."""
     import matplotlib.pyplot as plt
 
     stacks = with_error(panels)
@@ -80,7 +82,9 @@ def montage(panels: Mapping[str, np.ndarray], slices: list[int] | None = None, u
                 ax.set_ylabel(f"slice {z}")
             if key.split("_")[0] == "error" and r == len(slices) - 1:
                 fig.colorbar(im, ax=ax, fraction=0.046, label="HU" if units == "hu" else "[-1, 1]")
-    fig.tight_layout()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()   # places the suptitle above the panel titles
     return fig
 
 
@@ -89,6 +93,7 @@ def slice_viewer(panels: Mapping[str, np.ndarray], units: str = "hu", start: int
     """An ipywidgets viewer: a slice slider above one row of panels; returns the widget (display it, or not).
 
     ``labels``: optional names per slice index (e.g. the patient's z on its source grid) shown in the title.
+    The returned box's ``figure`` is the figure shown for the slider's slice (redrawn when it moves).
     """
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
@@ -99,16 +104,17 @@ def slice_viewer(panels: Mapping[str, np.ndarray], units: str = "hu", start: int
     slider = widgets.IntSlider(value=n // 2 if start is None else int(start), min=0, max=n - 1,
                                description="slice", continuous_update=False)
     out = widgets.Output()
+    box = widgets.VBox([slider, out])
 
     def draw(z: int) -> None:
         with out:
             out.clear_output(wait=True)
-            fig = montage(stacks, [z], units, hu_min=hu_min, hu_max=hu_max)
-            if labels is not None:
-                fig.suptitle(labels.get(z, ""), y=1.02)
+            fig = montage(stacks, [z], units, hu_min=hu_min, hu_max=hu_max,
+                          title=None if labels is None else labels.get(z, ""))
             display(fig)
-            plt.close(fig)
+            plt.close(fig)   # shown; its artists stay readable through box.figure
+        box.figure = fig
 
     slider.observe(lambda change: draw(change["new"]), names="value")
     draw(slider.value)
-    return widgets.VBox([slider, out])
+    return box
