@@ -15,8 +15,8 @@ batches and gradients are averaged across ranks before each optimiser step; rank
 """
 from __future__ import annotations
 
+import contextlib
 import csv
-import dataclasses
 import math
 import os
 import sys
@@ -28,8 +28,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from mm2ct.checkpoints import EMA, atomic_save, make_checkpoint, run_dir, set_rng_state
-from mm2ct.config import Config, ConfigError, from_dict, retire_keys, save_config
+from mm2ct.atomic import sweep_stale
+from mm2ct.checkpoints import (EMA, RunError, atomic_save, config_differences, describe_differences, fresh_hint,
+                               load_weights, make_checkpoint, read_checkpoint, run_dir, run_lock, set_rng_state)
+from mm2ct.config import Config, ConfigError, save_config
 from mm2ct.provenance import git_commit
 from mm2ct.runtime import pick_device, seed_everything
 from mm2ct.workspace import Workspace
@@ -144,11 +146,13 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
 
     from mm2ct.data.slices import SliceDataset, ensure_cache
     from mm2ct.ops import set_default_backend
-    from mm2ct.translators import build
+    from mm2ct.translators import MODELS, build
 
     cfg = ws.cfg
     tc = cfg.train
     seed = tc.seeds[0] if seed is None else seed
+    if model not in MODELS:
+        raise ValueError(f"unknown translator {model!r}; known: {', '.join(MODELS)}")
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     rank = dist.get_rank() if world > 1 else 0
     device = pick_device(tc.device, "train.device") \
@@ -156,16 +160,20 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
         else torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     set_default_backend(cfg.scan.backend)
     out = run_dir(ws, model, seed)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
 
+    # what can fail for a bad request (data, batch size) fails before the run folder is touched
     cache = ensure_cache(ws) if rank == 0 else ws.cache_dir
     if world > 1:
         dist.barrier()
     train_set = SliceDataset(cache, "train", paired=not cfg.data.unpaired, seed=seed)
     normalisers = train_set.meta["normalisers"]  # carried by every checkpoint: inference needs no cache
     val_set = SliceDataset(cache, "val", paired=True, seed=seed)
+    n_steps = len(train_set) // (tc.batch_size * world)  # per epoch
+    if tc.max_steps_per_epoch is not None:
+        n_steps = min(n_steps, tc.max_steps_per_epoch)
+    if n_steps == 0:
+        raise ValueError(f"{cache}: the training set has {len(train_set)} slices: fewer than one batch of "
+                         f"{tc.batch_size}{f' x {world} ranks' if world > 1 else ''}; lower train.batch_size")
 
     seed_everything(seed)
     tr = build(model, cfg).to(device)
@@ -174,103 +182,117 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
     epoch, step, best_psnr, best_epoch, seconds = 0, 0, -math.inf, -1, 0.0
 
     last = out / "last.pt"
-    if rank == 0 and not (resume and last.is_file()):
-        for stale in ("last.pt", "best.pt", "log.csv", "val.csv"):
-            (out / stale).unlink(missing_ok=True)
-    if resume and last.is_file():
-        ckpt = torch.load(last, map_location=device, weights_only=False)
-        if ckpt.get("model") != model or not same_run_config(ckpt.get("config"), cfg, model):
-            raise ValueError(f"{last}: was trained with another model or config; use a fresh run folder or "
-                             f"delete it (resume=False overwrites)")
-        tr.load_state_dict(ckpt["translator"])
-        ema.load_state_dict(ckpt["ema"])
-        opt_g.load_state_dict(ckpt["opt_g"])
-        opt_d.load_state_dict(ckpt["opt_d"])
-        sched_g.load_state_dict(ckpt["sched_g"])
-        sched_d.load_state_dict(ckpt["sched_d"])
-        epoch, step = ckpt["epoch"], ckpt["step"]
-        best_psnr, best_epoch, seconds = ckpt["best_psnr"], ckpt["best_epoch"], ckpt["seconds"]
-        set_rng_state(ckpt["rng"])
-        if rank == 0:  # a kill between the log append and the checkpoint leaves rows of an unsaved epoch
-            for name in ("log.csv", "val.csv"):
-                _truncate_csv(out / name, epoch)
+    # one training per run folder: rank 0 holds its lock (two would write into the same logs and checkpoints)
+    with run_lock(out, log) if rank == 0 else contextlib.nullcontext():
         if rank == 0:
-            log(f"{model}: resuming from {last} at epoch {epoch}/{tc.epochs}")
+            sweep_stale(out)        # temporary files of a killed save
+        if resume and last.is_file():
+            ckpt = _resume_checkpoint(last, device, cfg, model, ws.profile)
+            load_weights(tr, ckpt["translator"], last, model)
+            ema.load_state_dict(ckpt["ema"])
+            opt_g.load_state_dict(ckpt["opt_g"])
+            opt_d.load_state_dict(ckpt["opt_d"])
+            sched_g.load_state_dict(ckpt["sched_g"])
+            sched_d.load_state_dict(ckpt["sched_d"])
+            epoch, step = ckpt["epoch"], ckpt["step"]
+            best_psnr, best_epoch, seconds = ckpt["best_psnr"], ckpt["best_epoch"], ckpt["seconds"]
+            set_rng_state(ckpt["rng"])
+            if rank == 0:  # a kill between the log append and the checkpoint leaves rows of an unsaved epoch
+                for name in ("log.csv", "val.csv"):
+                    _truncate_csv(out / name, epoch)
+                log(f"{model}: resuming from {last} at epoch {epoch}/{tc.epochs}")
+        elif rank == 0:
+            for stale in ("last.pt", "best.pt", "log.csv", "val.csv"):
+                (out / stale).unlink(missing_ok=True)
+        if rank == 0:               # the run starts: config.yaml is the config its checkpoints carry
+            save_config(cfg, out / "config.yaml")
 
-    n_steps = len(train_set) // (tc.batch_size * world)  # per epoch
-    if tc.max_steps_per_epoch is not None:
-        n_steps = min(n_steps, tc.max_steps_per_epoch)
-    warning = ema_horizon_warning(tc.ema_decay, tc.epochs * n_steps)
-    if warning and rank == 0 and epoch == 0:
-        log(f"{model}: warning: {warning}")
-    amp = tc.amp and device.type == "cuda"
-    commit = git_commit()
-    ran = 0
-    tr.train()
-    while epoch < tc.epochs:
-        t0 = time.time()
-        train_set.set_epoch(epoch)  # unpaired: a new MR/CT shuffle per epoch, deterministic in (seed, epoch)
-        bar = tqdm(_batches(train_set, tc.batch_size, seed, epoch, rank, world, tc.max_steps_per_epoch),
-                   total=n_steps, desc=f"{model} epoch {epoch + 1}/{tc.epochs}", disable=not progress or rank != 0,
-                   leave=False, file=sys.stdout, dynamic_ncols=True)
-        rows = []
-        for batch in bar:
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            logs = train_step(tr, batch, step, tc, opt_d, opt_g, amp, world)
-            ema.update()
-            step += 1
-            row = {"epoch": epoch + 1, "step": step, "lr_g": opt_g.param_groups[0]["lr"], **logs}
-            if not all(math.isfinite(v) for v in row.values()):
-                raise FloatingPointError(f"{model}: non-finite loss at step {step}: {row}")
-            rows.append(row)
-            bar.set_postfix(d=f"{row['d_total']:.3f}", g=f"{row['g_total']:.3f}")
-        sched_g.step()
-        sched_d.step()
-        epoch += 1
-        ran += 1
-        seconds += time.time() - t0
+        warning = ema_horizon_warning(tc.ema_decay, tc.epochs * n_steps)
+        if warning and rank == 0 and epoch == 0:
+            log(f"{model}: warning: {warning}")
+        amp = tc.amp and device.type == "cuda"
+        commit = git_commit()
+        ran = 0
+        tr.train()
+        while epoch < tc.epochs:
+            t0 = time.time()
+            train_set.set_epoch(epoch)  # unpaired: a new MR/CT shuffle per epoch, deterministic in (seed, epoch)
+            bar = tqdm(_batches(train_set, tc.batch_size, seed, epoch, rank, world, tc.max_steps_per_epoch),
+                       total=n_steps, desc=f"{model} epoch {epoch + 1}/{tc.epochs}", disable=not progress or rank != 0,
+                       leave=False, file=sys.stdout, dynamic_ncols=True)
+            rows = []
+            for batch in bar:
+                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                logs = train_step(tr, batch, step, tc, opt_d, opt_g, amp, world)
+                ema.update()
+                step += 1
+                row = {"epoch": epoch + 1, "step": step, "lr_g": opt_g.param_groups[0]["lr"], **logs}
+                if not all(math.isfinite(v) for v in row.values()):
+                    raise FloatingPointError(f"{model}: non-finite loss at step {step}: {row}")
+                rows.append(row)
+                bar.set_postfix(d=f"{row['d_total']:.3f}", g=f"{row['g_total']:.3f}")
+            sched_g.step()
+            sched_d.step()
+            epoch += 1
+            ran += 1
+            seconds += time.time() - t0
 
-        if rank == 0:
-            _append_csv(out / "log.csv", rows)
-            is_val = epoch % tc.val_every == 0 or epoch == tc.epochs
-            if is_val:
-                with ema.swapped():
-                    psnr = validate(tr, val_set, cfg, device, cfg.eval.max_test_slices)
-                _append_csv(out / "val.csv", [{"epoch": epoch, "step": step, "val_psnr": psnr,
-                                               "seconds": round(seconds, 1)}])
-                if psnr > best_psnr or best_epoch < 0:
-                    best_psnr, best_epoch = psnr, epoch
-                    atomic_save(make_checkpoint(tr, ema, None, normalisers, model, cfg, epoch, step, best_psnr,
-                                                best_epoch, seconds, commit, seed), out / "best.pt")
-                log(f"{model}: epoch {epoch}/{tc.epochs}  val PSNR {psnr:.2f} dB  (best {best_psnr:.2f} @ "
-                    f"{best_epoch})  {seconds:.0f} s")
-            atomic_save(make_checkpoint(tr, ema, (opt_g, opt_d, sched_g, sched_d), normalisers, model, cfg, epoch,
-                                        step, best_psnr, best_epoch, seconds, commit, seed), last)
-        if world > 1:
-            dist.barrier()
-        if stop_after_epochs is not None and ran >= stop_after_epochs:
-            break
-    return RunResult(model, seed, out, best_psnr, best_epoch, epoch, step, seconds)
+            if rank == 0:
+                _append_csv(out / "log.csv", rows)
+                is_val = epoch % tc.val_every == 0 or epoch == tc.epochs
+                if is_val:
+                    with ema.swapped():
+                        psnr = validate(tr, val_set, cfg, device, cfg.eval.max_test_slices)
+                    _append_csv(out / "val.csv", [{"epoch": epoch, "step": step, "val_psnr": psnr,
+                                                   "seconds": round(seconds, 1)}])
+                    if psnr > best_psnr or best_epoch < 0:
+                        best_psnr, best_epoch = psnr, epoch
+                        atomic_save(make_checkpoint(tr, ema, None, normalisers, model, cfg, epoch, step, best_psnr,
+                                                    best_epoch, seconds, commit, seed), out / "best.pt")
+                    log(f"{model}: epoch {epoch}/{tc.epochs}  val PSNR {psnr:.2f} dB  (best {best_psnr:.2f} @ "
+                        f"{best_epoch})  {seconds:.0f} s")
+                atomic_save(make_checkpoint(tr, ema, (opt_g, opt_d, sched_g, sched_d), normalisers, model, cfg, epoch,
+                                            step, best_psnr, best_epoch, seconds, commit, seed), last)
+            if world > 1:
+                dist.barrier()
+            if stop_after_epochs is not None and ran >= stop_after_epochs:
+                break
+        return RunResult(model, seed, out, best_psnr, best_epoch, epoch, step, seconds)
+
+
+_RESUMABLE = ("ema", "opt_g", "opt_d", "sched_g", "sched_d", "rng", "epoch", "step", "best_psnr", "best_epoch",
+              "seconds")
+
+
+def _resume_checkpoint(last: Path, device, cfg: Config, model: str, profile: str) -> dict:
+    """``last.pt`` read and checked to continue this run: readable, resumable, trained as ``model`` with ``cfg``
+    (``same_run_config``); otherwise a RunError naming the file, the differences and ``--fresh``."""
+    fresh = fresh_hint(model, profile)
+    try:
+        ckpt = read_checkpoint(last, device)
+    except RunError as e:
+        raise RunError(f"{last}: cannot be read, so the run cannot resume from it ({str(e)[len(str(last)) + 2:]}); "
+                       f"start it over with {fresh}") from None
+    missing = [k for k in _RESUMABLE if k not in ckpt]
+    if missing:
+        raise RunError(f"{last}: not a resumable checkpoint (no {', '.join(missing)}); start the run over with "
+                       f"{fresh}")
+    diffs = config_differences(ckpt.get("config"), cfg, model)
+    if ckpt["model"] != model:
+        diffs = {"model": (ckpt["model"], model), **diffs}
+    if diffs:
+        raise RunError(f"{last}: was trained with another model or config ({describe_differences(diffs)}); start it "
+                       f"over with the current settings: {fresh}; or restore the settings of its config.yaml to "
+                       f"resume it")
+    return ckpt
 
 
 def same_run_config(saved: dict | None, cfg: Config, model: str | None = None) -> bool:
     """Whether a checkpoint's config trains the same run of ``model`` as ``cfg``. Fields a newer mm2ct added take
     their defaults (a checkpoint from before ``train.jobs`` existed still resumes); ``train.jobs`` only says how
     many runs share the CPU and is ignored; so are the fusion settings (``fusion``, ``train.lambda_fusion``) for
-    a model without a fusion module (CycleGAN, SynDiff)."""
-    if not isinstance(saved, dict):
-        return False
-    try:
-        old = from_dict(retire_keys(saved))
-    except ConfigError:  # a field this version no longer knows
-        return False
-    from mm2ct.translators import MODELS
-
-    same = {"jobs": cfg.train.jobs}
-    if model is not None and MODELS[model][0] != "mm2ct":
-        same["lambda_fusion"] = cfg.train.lambda_fusion
-        old = dataclasses.replace(old, fusion=cfg.fusion)
-    return dataclasses.replace(old, train=dataclasses.replace(old.train, **same)) == cfg
+    a model without a fusion module (CycleGAN, SynDiff). ``checkpoints.config_differences`` lists what differs."""
+    return not config_differences(saved, cfg, model)
 
 
 def ema_horizon_warning(decay: float, total_steps: int) -> str | None:
@@ -382,6 +404,16 @@ def _append_csv(path: Path, rows: list[dict]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------- CLI
+def check_models(models: list[str], where: str) -> None:
+    """Every name a translator of ``mm2ct.translators.MODELS`` (checked before any of them trains)."""
+    from mm2ct.translators import MODELS
+
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown model{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; known: "
+                          f"{', '.join(MODELS)}")
+
+
 def configure(parser) -> None:
     from mm2ct.cli import positive_int
 
@@ -390,7 +422,8 @@ def configure(parser) -> None:
                         help="translator name(s) (default: the profile's train.models)")
     parser.add_argument("--seed", type=int, nargs="+", default=None, help="seed(s) (default: train.seeds)")
     parser.add_argument("--data-dir", default=None, help="dataset folder (default: $MM2CT_DATA_DIR or the phantom)")
-    parser.add_argument("--fresh", action="store_true", help="ignore an existing last.pt and start over")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start the run over: delete its last.pt, best.pt and logs instead of resuming")
     parser.add_argument("--jobs", type=positive_int, default=None,
                         help="CPU: runs trained at once in separate processes (default: train.jobs)")
     parser.add_argument("--no-progress", action="store_true")
@@ -407,6 +440,7 @@ def run(args) -> int:
     ws = resolve(args.profile, args.data_dir)
     models = args.model or list(ws.cfg.train.models)
     seeds = args.seed or list(ws.cfg.train.seeds)
+    check_models(models, "--model" if args.model else "train.models")
     try:
         train_all(ws, models, seeds, jobs=args.jobs, resume=not args.fresh, progress=not args.no_progress)
     finally:

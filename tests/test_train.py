@@ -4,12 +4,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from mm2ct.config import load_profile
-from mm2ct.checkpoints import EMA, load_checkpoint, run_dir
+from mm2ct.checkpoints import EMA, load_checkpoint, make_checkpoint, run_dir
+from mm2ct.data.io import DataError
 from mm2ct.runtime import seed_everything
 from mm2ct.train import same_run_config, train
 from mm2ct.translators import build
@@ -233,12 +235,15 @@ def test_parallel_jobs_equal_one_thread_sequential_runs(root, tmp_path) -> None:
         (tmp_path / name).mkdir()
         (tmp_path / name / "data").symlink_to(root / "data")
     models = ["cyclegan_t1", "syndiff_t1"]
-    par = train_all(_ws(tmp_path / "par"), models, [42], jobs=2, progress=False, log=lambda *a: None)
+    # the paper's EMA decay (smoke's own is 0.1): the short run warns that its EMA is still the initial weights
+    par = train_all(_ws(tmp_path / "par", ema_decay=0.999), models, [42], jobs=2, progress=False,
+                    log=lambda *a: None)
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
     logged = []
     try:
-        seq = train_all(_ws(tmp_path / "seq"), models, [42], jobs=1, progress=False, log=logged.append)
+        seq = train_all(_ws(tmp_path / "seq", ema_decay=0.999), models, [42], jobs=1, progress=False,
+                        log=logged.append)
     finally:
         torch.set_num_threads(threads)
     assert [r.model for r in par] == models
@@ -265,3 +270,121 @@ def test_ema_horizon_warning() -> None:
     assert ema_horizon_warning(0.95, 150) is None       # the demo profile
     assert ema_horizon_warning(0.999, 22_500) is None   # paper scale: ~225 steps x 100 epochs
     assert ema_horizon_warning(0.0, 10) is None
+
+
+# ------------------------------------------------------------------------------------ refusals and recovery
+
+def _quiet(ws, model="cyclegan_t1", **kw):
+    return train(ws, model, progress=False, log=lambda *a: None, **kw)
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_a_second_training_of_the_same_run_is_refused(root) -> None:
+    """A run folder is locked while it trains (holder's pid and host in train.lock); a second training of the same
+    run is refused naming the folder; a lock whose process is gone is stale and taken over."""
+    import json
+    import socket
+    import subprocess
+
+    from mm2ct.checkpoints import LOCK_NAME, RunError
+
+    ws = _ws(root / "lock")
+    out = run_dir(ws, "cyclegan_t1")
+    out.mkdir(parents=True)
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        (out / LOCK_NAME).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}))
+        with pytest.raises(RunError, match=f"{out}.*in use by another training.*pid {holder.pid}"):
+            _quiet(ws)
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]     # nothing written beside the lock
+    finally:
+        holder.kill()
+        holder.wait()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": 12345, "host": "another-machine"}))
+    with pytest.raises(RunError, match="another-machine.*delete"):
+        _quiet(ws)
+    (out / LOCK_NAME).write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))
+    r = _quiet(ws, stop_after_epochs=1)                                   # stale: taken over
+    assert r.epochs == 1 and not (out / LOCK_NAME).exists()
+    with open(out / "val.csv") as f:
+        assert len(list(csv.DictReader(f))) == 1
+
+
+def test_nothing_is_written_before_the_run_really_starts(root, tmp_path) -> None:
+    """An unknown model or a bad data folder leaves no run folder; a refused resume leaves the run's config.yaml
+    (the one its checkpoints were trained with) as it was, and says to use --fresh."""
+    from mm2ct.checkpoints import RunError
+
+    ws = _ws(root / "early")
+    with pytest.raises(ValueError, match="unknown translator 'no_such_model'"):
+        _quiet(ws, "no_such_model")
+    bad = resolve("smoke", root=root / "early", data_dir=tmp_path / "missing", reports_dir=tmp_path / "r")
+    with pytest.raises(DataError, match="data folder not found"):
+        _quiet(bad)
+    assert not ws.runs_dir.exists()
+    r = _quiet(ws, stop_after_epochs=1)
+    config = (r.run_dir / "config.yaml").read_text()
+    with pytest.raises(RunError, match=r"another model or config \(train.lr_g: 0.00016 in the checkpoint, 0.001 "
+                                       r"now\).*--fresh") as e:
+        _quiet(_ws(root / "early", lr_g=1e-3))
+    assert "resume=False" not in str(e.value).split("(train(")[0]
+    assert (r.run_dir / "config.yaml").read_text() == config
+
+
+def test_a_corrupt_last_checkpoint_names_the_file_and_fresh(root) -> None:
+    from mm2ct.checkpoints import RunError
+
+    ws = _ws(root / "corrupt")
+    r = _quiet(ws, stop_after_epochs=1)
+    (r.run_dir / "last.pt").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(RunError, match=f"{r.run_dir / 'last.pt'}: cannot be read.*--fresh"):
+        _quiet(ws)
+    assert _quiet(ws, resume=False).epochs == 2
+
+
+def test_stale_temporary_files_of_killed_runs_are_swept(root) -> None:
+    ws = _ws(root / "sweep")
+    r = _quiet(ws, stop_after_epochs=1)
+    stale = r.run_dir / f".last.pt.tmp-{_dead_pid()}.pt"
+    stale.write_bytes(b"half-written")
+    _quiet(ws)
+    assert not stale.exists()
+
+
+def test_a_failed_save_says_why_and_leaves_no_temporary_file(monkeypatch, tmp_path) -> None:
+    """torch reports a full disk as 'enforce fail at inline_container.cc'; the error names the checkpoint, the free
+    space and what to do, and no temporary file is left."""
+    from mm2ct import checkpoints
+
+    def full_disk(obj, f):
+        Path(f).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(checkpoints.torch, "save", full_disk)
+    with pytest.raises(OSError, match=f"{tmp_path / 'last.pt'}: could not save the checkpoint.*free.*--workdir") as e:
+        checkpoints.atomic_save({"x": 1}, tmp_path / "last.pt")
+    assert "enforce fail" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_that_does_not_fit_its_model_is_named_in_one_line(tmp_path) -> None:
+    from mm2ct.checkpoints import RunError
+
+    cfg = load_profile("smoke")
+    tr = build("cyclegan_t1", cfg)
+    ck = make_checkpoint(tr, EMA(tr.generators(), 0.9), None, None, "cyclegan_t1", cfg, 1, 1, 0.0, 1, 1.0, "t", 42)
+    for name, change in (("family", {"model": "syndiff_t1"}),
+                         ("width", {"config": {**cfg.to_dict(), "translator": {**cfg.to_dict()["translator"],
+                                                                               "ngf": 4}}})):
+        path = tmp_path / f"{name}.pt"
+        torch.save({**ck, **change}, path)
+        with pytest.raises(RunError, match=f"{path}: its weights do not fit") as e:
+            load_checkpoint(path)
+        assert len(str(e.value)) < 600 and "--fresh" in str(e.value)
