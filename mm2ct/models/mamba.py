@@ -18,6 +18,11 @@ with d_inner = expand * d_model and dt_rank = ceil(d_model / 16). For a sequence
     y      = selective_scan(u, Δ, A = -exp(A_log), B_t, C_t, D) ⊙ SiLU(z)     (``inner``: "no out_proj", §6.4)
     out    = out_proj(y)
 
+Layout (no transposed copies of the wide tensors): tokens stay (B, L, C) (LayerNorm's layout), everything inside
+the mixer is channel-first (B, channels, L) and contiguous, the layout the causal conv, the scans and mamba-ssm's
+kernels read. The projections produce it directly as batched matrix products with the weight on the left
+(``project``: W @ x^T), instead of a (B, L, channels) result transposed and copied before each consumer.
+
 ``MambaBlock`` wraps the mixer with a LayerNorm in the residual-stream form of mamba-ssm / MambaDFuse (§3.1):
 (x, r) -> (mixer(LN(x + r)), x + r). A stack of such blocks, closed with ``close_stream`` as h + r, equals the Fig. 2
 form x <- x + mixer(LN(x)) applied block after block; MambaDFuse's code closes with h alone (open choice 11: that is
@@ -29,7 +34,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from mm2ct.ops import causal_conv, fused_inner_applies, mamba_inner, selective_scan
@@ -101,21 +105,53 @@ def causal_conv1d(conv: nn.Conv1d, u: torch.Tensor, activation: str | None = Non
 
 
 # ----------------------------------------------------------------------------------------------- the SSM path
-def selective_ssm(xz: torch.Tensor, conv1d: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear, A: torch.Tensor,
-                  D: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+def project(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None,
+            tokens: bool = True) -> torch.Tensor:
+    """A linear map written channel-first: weight (O, I) applied to x, out (B, O, L) contiguous.
+
+    ``tokens``: x is (B, L, I) tokens (in_proj), else (B, I, L) channel-first (x_proj, dt_proj). One batched matrix
+    product W @ x^T (the weight broadcast over the batch, x^T a view), so no (B, L, O) result has to be transposed
+    and copied for the conv and the scan; same values as ``F.linear`` and the same autocast casts (bmm / baddbmm
+    run in the autocast dtype as linear does).
+    """
+    rhs = x.transpose(1, 2) if tokens else x  # (B, I, L)
+    w = weight.expand(x.shape[0], -1, -1)  # (B, O, I), no copy
+    if bias is None:
+        return torch.bmm(w, rhs)
+    return torch.baddbmm(bias[:, None], w, rhs)
+
+
+def project_out(linear: nn.Linear, y: torch.Tensor) -> torch.Tensor:
+    """out_proj on a channel-first y (B, D, L) -> tokens (B, L, d_model), contiguous: y^T @ W^T as one batched
+    product (y^T a view), so a batch of several sequences needs no copy of y."""
+    yt, wt = y.transpose(1, 2), linear.weight.t().expand(y.shape[0], -1, -1)  # (B, L, D), (B, D, d_model)
+    if linear.bias is None:
+        return torch.bmm(yt, wt)
+    return torch.baddbmm(linear.bias, yt, wt)
+
+
+def project_in(in_proj: nn.Linear, x: torch.Tensor, d_inner: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """in_proj of tokens x (B, L, d_model) as (u, z), each (B, d_inner, L) and contiguous (two products with the
+    weight's halves, so neither needs a copy before the conv or the scan)."""
+    w, b = in_proj.weight, in_proj.bias
+    return tuple(project(w[i * d_inner:(i + 1) * d_inner], x, None if b is None else b[i * d_inner:(i + 1) * d_inner])
+                 for i in range(2))
+
+
+def selective_ssm(u: torch.Tensor, z: torch.Tensor, conv1d: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,
+                  A: torch.Tensor, D: torch.Tensor, backend: str | None = None) -> torch.Tensor:
     """Both Fig. 2 paths up to the product, without out_proj (mamba_inner_fn_no_out_proj, §6.4).
 
-    xz: (B, 2*d_inner, L) = [u; z] from an input projection; A: (d_inner, N) (already -exp(A_log)); D: (d_inner,).
-    Returns y ⊙ SiLU(z): (B, d_inner, L).
+    u, z: (B, d_inner, L), the two halves of an input projection (``project_in``); A: (d_inner, N) (already
+    -exp(A_log)); D: (d_inner,). Returns y ⊙ SiLU(z): (B, d_inner, L). Channel-first throughout (``project``).
     """
     dt_rank, d_state = dt_proj.in_features, A.shape[1]
-    u, z = xz.chunk(2, dim=1)  # (B, d_inner, L) each
     u = causal_conv1d(conv1d, u, "silu", backend)  # (B, d_inner, L)
-    x_dbl = x_proj(u.transpose(1, 2))  # (B, L, dt_rank + 2N)
-    dt, B, C = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=-1)
-    delta = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias goes in as delta_bias
+    x_dbl = project(x_proj.weight, u, tokens=False)  # (B, dt_rank + 2N, L)
+    dt, B, C = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=1)
+    delta = project(dt_proj.weight, dt, tokens=False)  # (B, d_inner, L); bias goes in as delta_bias
     return selective_scan(
-        u, delta, A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(), D.float(), z=z,
+        u, delta, A, B.contiguous(), C.contiguous(), D.float(), z=z,
         delta_bias=dt_proj.bias.float(), delta_softplus=True, backend=backend or "auto",
     )  # (B, d_inner, L)
 
@@ -148,19 +184,19 @@ class Mamba(nn.Module):
 
     def inner(self, x: torch.Tensor) -> torch.Tensor:
         """The "no out_proj" result y ⊙ SiLU(z) (§6.4): (B, L, d_model) -> (B, d_inner, L)."""
-        xz = self.in_proj(x).transpose(1, 2)  # (B, 2*d_inner, L)
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
-        return selective_ssm(xz, self.conv1d, self.x_proj, self.dt_proj, A, self.D, self.backend)
+        return selective_ssm(*project_in(self.in_proj, x, self.d_inner), self.conv1d, self.x_proj, self.dt_proj, A,
+                             self.D, self.backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """out_proj(``inner``): (B, L, d_model) -> same; on CUDA in one fused call (``mm2ct.ops.mamba_inner``)."""
-        xz = self.in_proj(x).transpose(1, 2)  # (B, 2*d_inner, L)
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
-        if fused_inner_applies(xz, self.conv1d.weight, A, self.backend):
+        if fused_inner_applies(x, self.conv1d.weight, A, self.backend):  # x's device and dtype kind are xz's
+            xz = project(self.in_proj.weight, x, self.in_proj.bias)  # (B, 2*d_inner, L), stride 1 along L
             return mamba_inner(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
                                self.out_proj.weight, self.out_proj.bias, A, self.D, self.dt_proj.bias)
-        y = selective_ssm(xz, self.conv1d, self.x_proj, self.dt_proj, A, self.D, self.backend)  # (B, d_inner, L)
-        return self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
+        y = self.inner(x)  # (B, d_inner, L)
+        return project_out(self.out_proj, y)  # (B, L, d_model)
 
 
 # ----------------------------------------------------------------------------------------------- block and stack
