@@ -303,6 +303,22 @@ def describe_differences(diffs: dict[str, tuple[Any, Any]], limit: int = 4) -> s
     return "; ".join(items[:limit]) + (f"; and {len(items) - limit} more" if len(items) > limit else "")
 
 
+# what may differ between training and evaluation: the evaluation's own settings and where it runs
+EVALUATION_SETTINGS = ("train.jobs", "train.device", "train.amp", "scan", "eval")
+
+
+def check_trained_with(ckpt: dict, cfg, path: str | os.PathLike, profile: str) -> None:
+    """Refuse to evaluate a checkpoint under settings it was not trained with (a profile edited after training:
+    ``data.hu_max`` changes the HU of every number; the reports would file them under the profile as it is now).
+    Only ``EVALUATION_SETTINGS`` may differ. RunError naming the file, the fields and what to do."""
+    diffs = config_differences(ckpt.get("config"), cfg, ckpt.get("model"), ignore=EVALUATION_SETTINGS)
+    if diffs:
+        raise RunError(f"{path}: was trained with other settings than profile {profile} has now "
+                       f"({describe_differences(diffs)}); its numbers would not be the profile's: restore those "
+                       f"settings (the run's config.yaml holds them) or train the run again with the current ones: "
+                       f"{fresh_hint(ckpt.get('model'), profile)}")
+
+
 def load_weights(module: torch.nn.Module, state: dict, path: str | os.PathLike, model: str) -> None:
     """``module.load_state_dict(state)``, or a short ``RunError`` naming the file when the weights do not fit (another
     family or width: counts and one example each, not torch's list of every key)."""

@@ -139,9 +139,12 @@ def evaluate(ws: Workspace, model: str, seed: int | None = None, split: str = "t
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"{ckpt_path}: no trained checkpoint; train first (`mm2ct train --profile "
                                 f"{ws.profile} --model {model}`)")
-    device = pick_device(ws.cfg.train.device)
+    from mm2ct.checkpoints import check_trained_with
+
+    device = pick_device(ws.cfg.train.device, "train.device")
     set_default_backend(ws.cfg.scan.backend)
     tr, cfg, ckpt = load_checkpoint(ckpt_path, device)
+    check_trained_with(ckpt, ws.cfg, ckpt_path, ws.profile)   # before the cache is (re)built for another config
     trained = {"seed": ckpt["seed"], "checkpoint": portable_path(ckpt_path, ws.root),
                "checkpoint_epoch": ckpt["epoch"], "best_val_psnr": ckpt["best_psnr"],
                "train_seconds": round(ckpt["seconds"], 1), "train_commit": ckpt["git_commit"]}
@@ -212,10 +215,17 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
+    from mm2ct.config import ConfigError
+    from mm2ct.translators import MODELS
     from mm2ct.workspace import resolve
 
     ws = resolve(args.profile, args.data_dir)
-    for m in args.model or ws.cfg.train.models:
+    models = list(args.model or ws.cfg.train.models)
+    unknown = [m for m in models if m not in MODELS and m != TEMPLATE]
+    if unknown:
+        raise ConfigError(f"{'--model' if args.model else 'train.models'}: unknown model {', '.join(unknown)}; "
+                          f"known: {', '.join((*MODELS, TEMPLATE))}")
+    for m in models:
         for s in args.seed or ws.cfg.train.seeds:
             r = evaluate(ws, m, s, args.split)
             print(f"{m} seed {s}: PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.2f} %  MAE {r['mae_hu']:.1f} HU  "

@@ -208,3 +208,37 @@ def test_the_template_is_evaluated_like_a_model(smoke_ws) -> None:
         meta = SliceDataset(ws.cache_dir, "test").meta
         np.testing.assert_allclose(z["pred_hu"][0], to_hu(z["pred"][0], str(z["patient"][0]), meta))
     assert s["input_usage"] == 0.0 and np.isfinite(s["mae_hu"]) and 0.0 <= s["dice_bone"] <= 1.0
+
+
+def test_evaluate_refuses_a_checkpoint_trained_with_other_settings(tmp_path, capsys) -> None:
+    """A run is evaluated under the settings it was trained with: after an edit of the profile (data.hu_max here)
+    evaluate refuses, naming the checkpoint and the field, and leaves the summary and the slice cache as they were;
+    the evaluation's own settings (eval.*) and where it runs (train.device, scan.backend) may differ."""
+    import json
+
+    from mm2ct.checkpoints import RunError
+    from mm2ct.cli import main
+    from mm2ct.evaluate import evaluate
+    from mm2ct.train import train
+    from mm2ct.workspace import resolve
+
+    def ws(**over):
+        return resolve("smoke", root=tmp_path, reports_dir=tmp_path / "reports", **over)
+
+    r = train(ws(), "cyclegan_t1", progress=False, log=lambda *a: None)
+    first = evaluate(ws(), "cyclegan_t1", progress=False)
+    summary = r.run_dir / "eval" / "summary.json"
+    meta = ws().cache_dir / "meta.json"
+    stamps = summary.read_text(), meta.stat().st_mtime_ns
+    with pytest.raises(RunError, match=r"best.pt: was trained with other settings.*data.hu_max: 3071.0 in the "
+                                       r"checkpoint, 2000.0 now.*--fresh"):
+        evaluate(ws(data={"hu_max": 2000.0}), "cyclegan_t1", progress=False)
+    assert (summary.read_text(), meta.stat().st_mtime_ns) == stamps
+    other = tmp_path / "edited.yaml"
+    other.write_text("extends: smoke\nprofile: smoke\ndata:\n  hu_max: 2000.0\n")
+    rc = main(["evaluate", "--profile", str(other), "--model", "cyclegan_t1", "--workdir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "data.hu_max" in err and "Traceback" not in err
+    again = evaluate(ws(eval={"max_test_slices": 2}, scan={"backend": "torch"}), "cyclegan_t1", progress=False)
+    assert again["n_slices"] == 2 and first["n_slices"] == 4
+    assert json.loads(summary.read_text())["n_slices"] == 2
