@@ -25,14 +25,19 @@ Steps (the inverse of the slice cache, ``mm2ct.data.slices``, so inference sees 
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from mm2ct.atomic import sweep_stale
 
 HU_CLIP = (-1024.0, 3071.0)       # int16 HU range of the SynthRAD releases (docs/data.md §2.2, §5)
 _NIFTI_EXT = (".nii.gz", ".nii")
@@ -220,10 +225,8 @@ def translate_volume(checkpoint: str | os.PathLike, t1: str | os.PathLike | None
 
     commit = str(ckpt.get("git_commit", "unknown"))
     ext = ".nii" if out is not None and out.name.endswith(".nii") else ".nii.gz"
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
     # stage every file in the output folder (same file system), rename only when all of them are complete
-    with tempfile.TemporaryDirectory(prefix=".mm2ct-translate-", dir=out.parent if out is not None else None) as tmp:
+    with _staging(out) as tmp:
         staged = {"sct": write_like(Path(tmp) / f"sct{ext}", sct, ref,
                                     descrip=f"mm2ct sCT {ckpt['model']} ep{ckpt.get('epoch')} {commit}")}
         if spread is not None:
@@ -236,6 +239,25 @@ def translate_volume(checkpoint: str | os.PathLike, t1: str | os.PathLike | None
                 os.replace(p, targets[k])
     sct_img, spread_img = images["sct"], images.get("spread")
     return (sct_img, spread_img) if return_spread else sct_img
+
+
+@contextlib.contextmanager
+def _staging(out: Path | None) -> Iterator[Path]:
+    """A folder to stage the outputs in: ``.NAME.tmp-PID`` beside ``out`` (removed at the end; those of killed
+    translations are swept first, ``mm2ct.atomic.sweep_stale``), or a system temporary folder without ``out``."""
+    if out is None:
+        with tempfile.TemporaryDirectory(prefix="mm2ct-translate-") as tmp:
+            yield Path(tmp)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(out.parent)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _in_memory(path: Path):

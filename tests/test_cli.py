@@ -156,3 +156,36 @@ def test_phantom_refuses_a_dataset_folder(tmp_path, capsys) -> None:
     rc = main(["phantom", "--out", str(tmp_path / "data"), "--patients", "1", "--size", "tiny"])
     _one_error(capsys, rc, str(tmp_path / "data"), "patient01")
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["patient01"]
+
+
+def test_a_terminated_prepare_leaves_no_temporary_folder(tmp_path) -> None:
+    """SIGTERM (a `timeout`, a scheduler) cleans up like Ctrl-C: the half-built cache folder is removed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ready = tmp_path / "ready"
+    script = (
+        "import sys, time\n"
+        "from mm2ct import cli\n"
+        "import mm2ct.data.slices as s\n"
+        "def slow(*a, **k):\n"
+        f"    open({str(ready)!r}, 'w').close()\n"
+        "    time.sleep(120)\n"
+        "s._build_from_volumes = slow\n"
+        f"sys.exit(cli.main(['prepare', '--profile', 'smoke', '--workdir', {str(tmp_path / 'w')!r}]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(600):
+            if ready.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert ready.exists(), proc.communicate()[1].decode()[-2000:]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and b"terminated" in err
+    cache_parent = tmp_path / "w" / "data" / "cache"
+    assert [p.name for p in cache_parent.iterdir()] == []

@@ -228,3 +228,15 @@ def test_no_output_may_replace_an_input_or_the_checkpoint(env, tmp_path):
     # one sample writes no spread map: a file of that name is no obstacle
     translate_volume(env["syndiff_t1"], t1=t1, out=d / "scan.nii.gz", progress=False, log=lambda m: None)
     assert t1.read_bytes() == before
+
+
+def test_staging_folders_of_killed_translations_are_swept(env, tmp_path):
+    import subprocess
+
+    p = subprocess.Popen(["true"])
+    p.wait()
+    stale = tmp_path / f".sct.nii.gz.tmp-{p.pid}"
+    stale.mkdir()
+    (stale / "sct.nii.gz").write_bytes(b"half")
+    translate_volume(env["syndiff_t1"], t1=env["t1"], out=tmp_path / "sct.nii.gz", progress=False, log=lambda m: None)
+    assert _outputs(tmp_path) == ["sct.nii.gz"]

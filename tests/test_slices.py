@@ -245,3 +245,21 @@ def test_build_cache_replaces_only_a_previous_cache(smoke, tmp_path):
     assert build_cache(src, mine, ws.cfg.data, overwrite=True, progress=False) == mine
     assert not (mine / "notes.txt").exists() and load_meta(mine)["version"] == slices.CACHE_VERSION
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_leftovers_of_killed_builds_are_swept(smoke, tmp_path):
+    """A build killed before it could clean up leaves .NAME.tmp-PID (and .NAME.tmp-PID.old while it swaps); the
+    next build removes those of processes that no longer exist, and leaves a live one's alone."""
+    import os
+    import subprocess
+
+    ws, _ = smoke
+    p = subprocess.Popen(["true"])
+    p.wait()
+    dead = [tmp_path / f".cache.tmp-{p.pid}", tmp_path / f".cache.tmp-{p.pid}.old"]
+    for d in dead:
+        (d / "train").mkdir(parents=True)
+    live = tmp_path / f".other.tmp-{os.getppid()}"
+    live.mkdir()
+    build_cache(ws.data_root, tmp_path / "cache", ws.cfg.data, progress=False)
+    assert not any(d.exists() for d in dead) and live.is_dir()
