@@ -189,3 +189,13 @@ def test_a_terminated_prepare_leaves_no_temporary_folder(tmp_path) -> None:
     assert proc.returncode == 143 and b"terminated" in err
     cache_parent = tmp_path / "w" / "data" / "cache"
     assert [p.name for p in cache_parent.iterdir()] == []
+
+
+def test_train_refusals_leave_no_run_folder(tmp_path, capsys) -> None:
+    w = tmp_path / "w"
+    rc = main(["train", "--profile", "smoke", "--model", "cyclegan_t1", "no_such_model", "--workdir", str(w)])
+    _one_error(capsys, rc, "--model", "no_such_model", "known:")
+    rc = main(["train", "--profile", "smoke", "--model", "cyclegan_t1", "--data-dir", str(tmp_path / "nope"),
+               "--workdir", str(w)])
+    _one_error(capsys, rc, str(tmp_path / "nope"), "data folder not found")
+    assert not (w / "runs").exists()
