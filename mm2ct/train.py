@@ -7,8 +7,11 @@ picks ``best.pt``.
 
 A run lives in ``runs/<profile>/<model>/`` (``<model>-seed<S>`` for extra seeds): ``last.pt`` (written
 atomically at the end of every epoch: model, EMA, optimisers, schedulers, RNG states, step, config), ``best.pt``,
-``log.csv`` (one row per step), ``val.csv`` (one row per validation) and ``config.yaml``. A killed run resumes from
-``last.pt`` and ends with exactly the weights of an uninterrupted run with the same seed (CPU; tested).
+``log.csv`` (one row per step), ``val.csv`` (one row per validation) and ``config.yaml`` (written when the run
+starts, after every check: the config its checkpoints carry). A killed run resumes from ``last.pt`` and ends with
+exactly the weights of an uninterrupted run with the same seed (CPU; tested); a ``last.pt`` of another model or
+config is refused (``--fresh`` starts over). While it trains, the folder holds ``train.lock`` (pid, host): a second
+training of the same run is refused (``checkpoints.run_lock``).
 
 Several GPUs: ``torchrun --nproc_per_node K -m mm2ct train ...``: every rank trains on its shard of each epoch's
 batches and gradients are averaged across ranks before each optimiser step; rank 0 validates and writes.
