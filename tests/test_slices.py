@@ -263,3 +263,13 @@ def test_leftovers_of_killed_builds_are_swept(smoke, tmp_path):
     live.mkdir()
     build_cache(ws.data_root, tmp_path / "cache", ws.cfg.data, progress=False)
     assert not any(d.exists() for d in dead) and live.is_dir()
+
+
+def test_a_corrupt_cache_file_is_named(smoke, tmp_path):
+    ws, cache = smoke
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    (copy / "train" / "t1.npy").write_bytes(b"not an array")
+    with pytest.raises(DataError, match="t1.npy: unreadable.*prepare --overwrite") as e:
+        SliceDataset(copy, "train")
+    assert e.value.path == copy / "train" / "t1.npy"

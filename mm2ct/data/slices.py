@@ -373,6 +373,17 @@ def export_syndiff_mat(cache_dir: str | os.PathLike, out: str | os.PathLike) -> 
 
 # ----------------------------------------------------------------------------------------------------- dataset
 
+_REBUILD = "build the cache again (`mm2ct prepare --overwrite`)"
+
+
+def _load_array(path: Path) -> np.ndarray:
+    """A cache array, memory-mapped; a file that is not one is a DataError naming it (a missing one: OSError)."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except ValueError as e:
+        raise DataError(path, f"unreadable ({e}); {_REBUILD}") from None
+
+
 class SliceDataset(Dataset):
     """2-D slices of one split of a cache.
 
@@ -390,11 +401,18 @@ class SliceDataset(Dataset):
         self.split, self.paired, self.seed = split, paired, seed
         folder = self.cache_dir / split
         self.mr_keys = tuple(self.meta["mr_keys"])
-        self.arrays = {k: np.load(folder / f"{k}.npy", mmap_mode="r") for k in (*self.mr_keys, "ct", "mask")}
-        with open(folder / "index.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        self.patients = [r["patient"] for r in rows]
-        self.slices = [int(r["slice"]) for r in rows]
+        self.arrays = {k: _load_array(folder / f"{k}.npy") for k in (*self.mr_keys, "ct", "mask")}
+        try:
+            with open(folder / "index.csv", newline="") as f:
+                rows = list(csv.DictReader(f))
+            self.patients = [r["patient"] for r in rows]
+            self.slices = [int(r["slice"]) for r in rows]
+        except (KeyError, ValueError, TypeError) as e:
+            raise DataError(folder / "index.csv", f"unreadable ({type(e).__name__}: {e}); {_REBUILD}") from None
+        lengths = {len(a) for a in self.arrays.values()} | {len(self.patients)}
+        if len(lengths) != 1:
+            raise DataError(folder, f"arrays and index.csv disagree on the number of slices ({sorted(lengths)}); "
+                                    f"{_REBUILD}")
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
