@@ -23,7 +23,9 @@ def _trained(ws, models, seeds=None):
             (run_dir(ws, m, s) / "best.pt").write_bytes(b"")
 
 
-def test_smoke_shows_the_demo_runs_when_they_are_all_trained(tmp_path):
+def test_smoke_shows_the_demo_runs_when_they_are_all_trained(tmp_path, monkeypatch):
+    changed = {}
+    monkeypatch.setattr(pipeline, "_changed", lambda ws, m, s: changed.get(m))   # the fake best.pt files are empty
     ws = _ws(tmp_path)
     said = []
     assert pipeline.runs_to_show(ws, MODELS, "demo", log=said.append) is ws          # no demo runs: smoke
@@ -37,6 +39,11 @@ def test_smoke_shows_the_demo_runs_when_they_are_all_trained(tmp_path):
     assert shown.profile == "demo" and shown.root == ws.root and shown.reports_dir.name == "demo"
     assert said[-1].startswith("showing profile demo's trained runs (runs/demo) instead of smoke's")
     assert str(tmp_path) not in " ".join(said)
+    changed["mm2ct"] = "train.epochs: 4 in the checkpoint, 5 now"                   # demo.yaml edited since
+    assert pipeline.runs_to_show(ws, MODELS, "demo", log=said.append) is ws
+    assert said[-1].endswith("profile demo's runs under runs/demo/ were trained with other settings than the profile "
+                             "has now: mm2ct (seed 42: train.epochs: 4 in the checkpoint, 5 now)")
+    del changed["mm2ct"]
     assert pipeline.runs_to_show(ws, MODELS, None, log=said.append) is ws             # asked not to
     assert pipeline.runs_to_show(ws, MODELS, "demo", reports_dir=tmp_path / "r",
                                  log=None).reports_dir == tmp_path / "r"                # the notebook's folder wins
@@ -59,12 +66,13 @@ def recorded(monkeypatch):
         ev.mkdir(parents=True, exist_ok=True)
         (ev / "summary.json").write_text('{"eval_format": %d}' % mm2ct.evaluate.EVAL_FORMAT)
 
-    def fake_train(ws, model, seed=None, *a, **k):
-        calls.append(("train", model, seed))
+    def fake_train(ws, model, seed=None, resume=True, *a, **k):
+        calls.append(("train", model, seed) if resume else ("train", model, seed, "fresh"))
         _trained(ws, [model], [seed])
 
     monkeypatch.setattr(mm2ct.evaluate, "evaluate", fake_evaluate)
     monkeypatch.setattr(mm2ct.train, "train", fake_train)
+    monkeypatch.setattr(pipeline, "_changed", lambda ws, m, s: None)   # the fake best.pt files are empty
     return calls
 
 
@@ -88,3 +96,44 @@ def test_ensure_evaluated_without_training_names_the_untrained_runs(tmp_path, re
     with pytest.raises(MissingRunError, match="not trained: mm2ct seed 42"):
         pipeline.ensure_evaluated(ws, ["mm2ct"], train=False, log=None)
     assert recorded == []
+
+
+def test_ensure_trained_trains_only_what_has_no_checkpoint(tmp_path, recorded):
+    ws = _ws(tmp_path)
+    _trained(ws, ["cyclegan_t1"])
+    said = []
+    assert pipeline.ensure_trained(ws, MODELS, log=said.append) == [("mm2ct", 42)]
+    assert recorded == [("train", "mm2ct", 42)] and said == ["1 run(s) trained now: mm2ct (seed 42)"]
+    assert pipeline.ensure_trained(ws, MODELS, log=said.append) == [] and said[-1].endswith("none needed")
+
+
+def test_a_smoke_run_trained_with_other_settings_is_trained_again(tmp_path, recorded, monkeypatch):
+    ws = _ws(tmp_path)
+    _trained(ws, ["cyclegan_t1", "mm2ct"])
+    monkeypatch.setattr(pipeline, "_changed", lambda ws, m, s: "train.ema_decay: 0.999 in the checkpoint, 0.1 now"
+                        if m == "mm2ct" else None)
+    said = []
+    pipeline.ensure_evaluated(ws, ["cyclegan_t1", "mm2ct"], log=said.append)
+    assert recorded == [("evaluate", "cyclegan_t1", 42), ("train", "mm2ct", 42, "fresh"), ("evaluate", "mm2ct", 42)]
+    assert said[0] == "mm2ct seed 42: trained with other settings (train.ema_decay: 0.999 in the checkpoint, 0.1 " \
+                      "now); a smoke run, trained again"
+
+
+def test_changed_names_the_settings_a_checkpoint_was_trained_with(tmp_path):
+    import dataclasses
+
+    import torch
+
+    from mm2ct.checkpoints import EMA, atomic_save, make_checkpoint
+    from mm2ct.translators import build
+
+    ws = _ws(tmp_path)
+    old = dataclasses.replace(ws.cfg, train=dataclasses.replace(ws.cfg.train, ema_decay=0.999))
+    torch.manual_seed(0)
+    for cfg, seed in ((ws.cfg, 42), (old, 7)):
+        tr = build("cyclegan_t1", cfg)
+        run_dir(ws, "cyclegan_t1", seed).mkdir(parents=True)
+        atomic_save(make_checkpoint(tr, EMA(tr.generators(), cfg.train.ema_decay), None, None, "cyclegan_t1", cfg,
+                                    1, 2, 0.0, 1, 1.0, "test", seed), run_dir(ws, "cyclegan_t1", seed) / "best.pt")
+    assert pipeline._changed(ws, "cyclegan_t1", 42) is None
+    assert pipeline._changed(ws, "cyclegan_t1", 7) == "train.ema_decay: 0.999 in the checkpoint, 0.1 now"

@@ -330,7 +330,9 @@ def test_the_template_row_is_one_evaluation_for_every_seed(tmp_path):
     for seed in (1, 2):
         for m in TABLE1_MODELS:
             _summary(ws, m, seed, 20.0 + seed, 80.0, mae=100.0 + seed)
-    _summary(ws, "template", None, 15.0, 60.0, mae=139.0)
+    s = _summary(ws, "template", None, 15.0, 60.0, mae=139.0)
+    (eval_dir(ws, "template", None) / "summary.json").write_text(json.dumps({**s, "checkpoint": None,
+                                                                             "checkpoint_epoch": None}))
     assert not list(ws.runs_dir.glob("template-seed*"))
     t = reports.table1(ws)
     row = t.frame.set_index("model").loc["template"]
@@ -338,6 +340,7 @@ def test_the_template_row_is_one_evaluation_for_every_seed(tmp_path):
     assert "| template | no MR | 15.00 ± 0.50 |" in t.markdown          # ± across patients, not across seeds
     assert "The template has no seed: one evaluation, ± across test patients." in t.markdown
     assert [r["model"] for r in t.provenance["runs"]].count("template") == 1     # its time is counted once
+    assert "- run template seed 1: runs/smoke/template/eval/summary.json (no checkpoint, train commit" in t.markdown
     assert t.ordering["vs_template"]["mae_hu"]["all_seeds"] is True
     assert reports.missing_runs(ws, ["template"]) == []
 

@@ -170,7 +170,8 @@ def provenance_lines(p: dict[str, Any]) -> list[str]:
              f"{p['wall_seconds']:.1f} s",
              f"created: {p['created_utc']}"]
     for r in p["runs"]:
-        lines.append(f"run {r['model']} seed {r['seed']}: {r['summary']} (epoch {r['checkpoint_epoch']}, "
+        epoch = "no checkpoint" if r["checkpoint"] is None else f"epoch {r['checkpoint_epoch']}"
+        lines.append(f"run {r['model']} seed {r['seed']}: {r['summary']} ({epoch}, "
                      f"train commit {r['train_commit']}, eval commit {r['eval_commit']}, train "
                      f"{fmt(r['train_seconds'], 1)} s, eval {fmt(r['eval_seconds'], 1)} s, "
                      f"{r['n_patients']} patients / {r['n_slices']} slices)")
