@@ -327,7 +327,7 @@ def aggregate(
 
 # ----------------------------------------------------------------------------------------------- geometry, input use
 BONE_HU = 200.0  # bone = CT above 200 HU inside the body mask (the phantom-sized stand-in for SynthRAD 2025's
-                 # segmentation-based geometry metrics, docs/data.md §2.2)
+                 # segmentation-based geometry metrics, docs/data.md §2.3)
 
 
 def _check_masked(pred_hu: Any, gt_hu: Any, mask: Any, *others: tuple[str, Any]) -> tuple[np.ndarray, ...]:
