@@ -1,43 +1,11 @@
-"""Fixtures shared by the tests, and the session's work directory.
-
-The whole session (the unit tests and the notebooks nbval runs, whose kernels inherit the environment) works in a
-fresh temporary folder: ``MM2CT_WORKDIR`` (runs, generated data, caches) and ``MM2CT_REPORTS_DIR`` (reports) point
-there, so no test reads a stale ``runs/smoke`` of older code or writes into the repository. Set in
-``pytest_configure``, before any test is collected or any kernel starts; removed at the end of the session.
-"""
+"""Fixtures shared by the tests. The session's temporary work directory is set up by the repository's root
+``conftest.py``, so that ``pytest notebooks/`` alone gets it too."""
 from __future__ import annotations
-
-import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
 
 from mm2ct.config import load_profile
-
-_SESSION_ENV = ("MM2CT_WORKDIR", "MM2CT_REPORTS_DIR")
-_saved: dict[str, str | None] = {}
-_folder: list[Path] = []
-
-
-def pytest_configure(config) -> None:
-    base = Path(tempfile.mkdtemp(prefix="mm2ct-tests-"))
-    _folder.append(base)
-    for name, sub in zip(_SESSION_ENV, ("work", "reports")):
-        _saved[name] = os.environ.get(name)
-        os.environ[name] = str(base / sub)
-
-
-def pytest_unconfigure(config) -> None:
-    for name, value in _saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    for base in _folder:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ def _one_error(capsys, rc: int, *must: str) -> str:
 # ------------------------------------------------------------------------------------------------- work directory
 
 def test_the_tests_run_in_a_temporary_work_directory() -> None:
-    """tests/conftest.py points MM2CT_WORKDIR and MM2CT_REPORTS_DIR outside the repository for the whole session
+    """The root conftest.py points MM2CT_WORKDIR and MM2CT_REPORTS_DIR outside the repository for the whole session
     (nbval's kernels inherit them): no test reads a stale runs/smoke or writes into the repository's reports/."""
     repo = repo_root().resolve()
     for env in (WORKDIR_ENV, REPORTS_ENV):

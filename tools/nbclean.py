@@ -4,11 +4,15 @@
     .venv/bin/python tools/nbclean.py --strip-only notebooks/*.ipynb   # drop outputs without executing
 
 This is how notebooks are committed: nbval (`make test`) then compares those cells' outputs with a fresh run.
+Like the test session, the notebooks run in a temporary work directory (MM2CT_WORKDIR, MM2CT_REPORTS_DIR), so
+they start from nothing and leave nothing in the repository.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -41,8 +45,10 @@ def main(argv=None) -> int:
         if not args.strip_only:
             from nbclient import NotebookClient
 
-            NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
-                           resources={"metadata": {"path": str(path.parent)}}).execute()
+            with tempfile.TemporaryDirectory(prefix="mm2ct-nbclean-") as tmp:
+                os.environ["MM2CT_WORKDIR"], os.environ["MM2CT_REPORTS_DIR"] = f"{tmp}/work", f"{tmp}/reports"
+                NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
+                               resources={"metadata": {"path": str(path.parent)}}).execute()
         clean(nb)
         nbformat.write(nb, path)
         print(f"cleaned {path}")
