@@ -20,8 +20,8 @@ import math
 import torch
 import torch.nn as nn
 
-from mm2ct.models.mamba import (init_dt_proj, map_to_sequence, ones_D, project, project_in, project_out,
-                                s4d_real_A_log, selective_ssm, sequence_to_map)
+from mm2ct.models.mamba import (init_dt_proj, map_to_sequence, ones_D, project, project_out, s4d_real_A_log,
+                                selective_ssm, sequence_to_map)
 from mm2ct.ops import fused_inner_applies, mamba_inner
 
 AUX_DT_INITS = ("linear", "mamba")  # Δ init of the auxiliary streams: MambaDFuse's nn.Linear default | mamba-ssm's
@@ -68,21 +68,21 @@ class CrossModalMamba(nn.Module):
         out_proj, as Σ_s out_proj(y_s) with its bias added once."""
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
         A_b = -torch.exp(self.A_b_log.float())
-        streams = [  # (in_proj, tokens (B, L, d_model), A, conv1d, x_proj, dt_proj, D) per stream
-            (proj, x, a, *(getattr(self, name + s) for name in ("conv1d", "x_proj", "dt_proj", "D")))
+        layers = ("conv1d", "x_proj", "dt_proj", "D")
+        streams = [  # (xz (B, 2*d_inner, L), A, conv1d, x_proj, dt_proj, D) per stream
+            (project(proj.weight, x, proj.bias), a, *(getattr(self, name + s) for name in layers))
             for proj, x, s, a in ((self.in_proj, f, "", A), (self.in_proj_extra1, extra1, "_b", A_b),
                                   (self.in_proj_extra2, extra2, "_c", A_b))
         ]
-        if fused_inner_applies(f, self.conv1d.weight, A, self.backend):  # f has the device and dtype kind of xz
+        if fused_inner_applies(streams[0][0], self.conv1d.weight, A, self.backend):
             return sum(
-                mamba_inner(project(proj.weight, x, proj.bias), conv.weight, conv.bias, x_proj.weight,
-                            dt_proj.weight, self.out_proj.weight, self.out_proj.bias if i == 0 else None, a, D,
-                            dt_proj.bias)  # xz: (B, 2*d_inner, L), stride 1 along L
-                for i, (proj, x, a, conv, x_proj, dt_proj, D) in enumerate(streams)
+                mamba_inner(xz, conv.weight, conv.bias, x_proj.weight, dt_proj.weight, self.out_proj.weight,
+                            self.out_proj.bias if i == 0 else None, a, D, dt_proj.bias)
+                for i, (xz, a, conv, x_proj, dt_proj, D) in enumerate(streams)
             )  # (B, L, d_model)
-        y = sum(selective_ssm(*project_in(proj, x, self.d_inner), conv, x_proj, dt_proj, a, D, self.backend)
-                for proj, x, a, conv, x_proj, dt_proj, D in streams)  # (B, d_inner, L)
-        return project_out(self.out_proj, y)  # (B, L, d_model)
+        y = sum(selective_ssm(*xz.chunk(2, dim=1), conv, x_proj, dt_proj, a, D, self.backend)
+                for xz, a, conv, x_proj, dt_proj, D in streams)  # (B, d_inner, L)
+        return project_out(self.out_proj, y, channel_first=True)  # (B, L, d_model), a view of (B, d_model, L)
 
 
 class M3Block(nn.Module):

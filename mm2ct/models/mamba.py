@@ -121,29 +121,34 @@ def project(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = N
     return torch.baddbmm(bias[:, None], w, rhs)
 
 
-def project_out(linear: nn.Linear, y: torch.Tensor) -> torch.Tensor:
-    """out_proj on a channel-first y (B, D, L) -> tokens (B, L, d_model), contiguous: y^T @ W^T as one batched
-    product (y^T a view), so a batch of several sequences needs no copy of y."""
-    yt, wt = y.transpose(1, 2), linear.weight.t().expand(y.shape[0], -1, -1)  # (B, L, D), (B, D, d_model)
-    if linear.bias is None:
-        return torch.bmm(yt, wt)
-    return torch.baddbmm(linear.bias, yt, wt)
+def project_out(linear: nn.Linear, y: torch.Tensor, channel_first: bool = False) -> torch.Tensor:
+    """out_proj on a channel-first y (B, D, L) -> tokens (B, L, d_model), as one batched product (y^T a view).
+
+    ``channel_first``: compute W @ y, (B, d_model, L) contiguous, and return its (B, L, d_model) view, for a caller
+    that maps the tokens back to a (B, d_model, H, W) map (``sequence_to_map`` is then a view, not a copy); else the
+    tokens are contiguous, the layout the next LayerNorm reads. Same values either way.
+    """
+    batch = y.shape[0]
+    if channel_first:
+        out = torch.bmm(linear.weight.expand(batch, -1, -1), y) if linear.bias is None else \
+            torch.baddbmm(linear.bias[:, None], linear.weight.expand(batch, -1, -1), y)  # (B, d_model, L)
+        return out.transpose(1, 2)
+    yt, wt = y.transpose(1, 2), linear.weight.t().expand(batch, -1, -1)  # (B, L, D), (B, D, d_model)
+    return torch.bmm(yt, wt) if linear.bias is None else torch.baddbmm(linear.bias, yt, wt)
 
 
-def project_in(in_proj: nn.Linear, x: torch.Tensor, d_inner: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """in_proj of tokens x (B, L, d_model) as (u, z), each (B, d_inner, L) and contiguous (two products with the
-    weight's halves, so neither needs a copy before the conv or the scan)."""
-    w, b = in_proj.weight, in_proj.bias
-    return tuple(project(w[i * d_inner:(i + 1) * d_inner], x, None if b is None else b[i * d_inner:(i + 1) * d_inner])
-                 for i in range(2))
+def project_in(in_proj: nn.Linear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """in_proj of tokens x (B, L, d_model) as (u, z), each (B, d_inner, L) with stride 1 along L: the halves of one
+    channel-first product (views; contiguous for one sequence, a cheap straight copy at most for a batch)."""
+    return project(in_proj.weight, x, in_proj.bias).chunk(2, dim=1)
 
 
 def selective_ssm(u: torch.Tensor, z: torch.Tensor, conv1d: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,
                   A: torch.Tensor, D: torch.Tensor, backend: str | None = None) -> torch.Tensor:
     """Both Fig. 2 paths up to the product, without out_proj (mamba_inner_fn_no_out_proj, §6.4).
 
-    u, z: (B, d_inner, L), the two halves of an input projection (``project_in``); A: (d_inner, N) (already
-    -exp(A_log)); D: (d_inner,). Returns y ⊙ SiLU(z): (B, d_inner, L). Channel-first throughout (``project``).
+    u, z: (B, d_inner, L), the halves of an input projection (``project_in``), stride 1 along L; A: (d_inner, N)
+    (already -exp(A_log)); D: (d_inner,). Returns y ⊙ SiLU(z): (B, d_inner, L), channel-first throughout.
     """
     dt_rank, d_state = dt_proj.in_features, A.shape[1]
     u = causal_conv1d(conv1d, u, "silu", backend)  # (B, d_inner, L)
@@ -185,17 +190,17 @@ class Mamba(nn.Module):
     def inner(self, x: torch.Tensor) -> torch.Tensor:
         """The "no out_proj" result y ⊙ SiLU(z) (§6.4): (B, L, d_model) -> (B, d_inner, L)."""
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
-        return selective_ssm(*project_in(self.in_proj, x, self.d_inner), self.conv1d, self.x_proj, self.dt_proj, A,
+        return selective_ssm(*project_in(self.in_proj, x), self.conv1d, self.x_proj, self.dt_proj, A,
                              self.D, self.backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """out_proj(``inner``): (B, L, d_model) -> same; on CUDA in one fused call (``mm2ct.ops.mamba_inner``)."""
+        xz = project(self.in_proj.weight, x, self.in_proj.bias)  # (B, 2*d_inner, L), stride 1 along L
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
-        if fused_inner_applies(x, self.conv1d.weight, A, self.backend):  # x's device and dtype kind are xz's
-            xz = project(self.in_proj.weight, x, self.in_proj.bias)  # (B, 2*d_inner, L), stride 1 along L
+        if fused_inner_applies(xz, self.conv1d.weight, A, self.backend):
             return mamba_inner(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
                                self.out_proj.weight, self.out_proj.bias, A, self.D, self.dt_proj.bias)
-        y = self.inner(x)  # (B, d_inner, L)
+        y = selective_ssm(*xz.chunk(2, dim=1), self.conv1d, self.x_proj, self.dt_proj, A, self.D, self.backend)
         return project_out(self.out_proj, y)  # (B, L, d_model)
 
 
