@@ -29,6 +29,7 @@ import torch
 
 from mm2ct.atomic import atomic_path, temporary_name
 from mm2ct.config import ConfigError, from_dict, retire_keys
+from mm2ct.provenance import machine
 from mm2ct.workspace import Workspace
 
 CHECKPOINT_FORMAT = "mm2ct-checkpoint/1"
@@ -213,7 +214,7 @@ def make_checkpoint(tr, ema: EMA, opts, normalisers, model: str, cfg, epoch: int
     ckpt = {"format": CHECKPOINT_FORMAT, "model": model, "config": cfg.to_dict(), "translator": tr.state_dict(),
             "normalisers": normalisers,
             "ema": ema.state_dict(), "epoch": epoch, "step": step, "best_psnr": best_psnr, "best_epoch": best_epoch,
-            "seconds": seconds, "git_commit": commit, "seed": seed, "torch": torch.__version__}
+            "seconds": seconds, "git_commit": commit, "seed": seed, "torch": torch.__version__, "machine": machine()}
     if opts is not None:
         opt_g, opt_d, sched_g, sched_d = opts
         ckpt.update(opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), sched_g=sched_g.state_dict(),
@@ -274,11 +275,12 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(saved: dict | None, cfg, model: str | None = None,
-                       ignore: tuple[str, ...] = ("train.jobs",)) -> dict[str, tuple[Any, Any]]:
+                       ignore: tuple[str, ...] = ("train.jobs", "train.threads"),
+                       ) -> dict[str, tuple[Any, Any]]:
     """{field: (value in ``saved``, value in ``cfg``)} for every setting in which a checkpoint's config differs from
     ``cfg``. Fields a newer mm2ct added take their defaults; ``ignore`` lists fields or sections that do not count
-    (``train.jobs`` only says how many runs share the CPU); the fusion settings (``fusion``, ``train.lambda_fusion``)
-    do not count for a model without a fusion module (CycleGAN, SynDiff)."""
+    (``train.jobs`` and ``train.threads`` only say how the CPU is shared); the fusion settings (``fusion``,
+    ``train.lambda_fusion``) do not count for a model without a fusion module (CycleGAN, SynDiff)."""
     if not isinstance(saved, dict):
         return {"config": ("missing", "present")}
     try:
@@ -304,7 +306,8 @@ def describe_differences(diffs: dict[str, tuple[Any, Any]], limit: int = 4) -> s
 
 
 # what may differ between training and evaluation: the evaluation's own settings and where it runs
-EVALUATION_SETTINGS = ("train.jobs", "train.device", "train.amp", "scan", "eval")
+EVALUATION_SETTINGS = ("train.jobs", "train.threads", "train.deterministic", "train.device", "train.amp", "scan",
+                       "eval")
 
 
 def check_trained_with(ckpt: dict, cfg, path: str | os.PathLike, profile: str) -> None:

@@ -126,8 +126,12 @@ class TrainConfig:
     val_every: int = 1               # epochs between validations (best val PSNR picks the checkpoint) [19]
     seeds: tuple[int, ...] = (42,)   # training seeds; several -> mean +/- std in the reports
     amp: bool = False                # bf16/fp16 autocast on CUDA
-    jobs: int = 1                    # CPU only: models/seeds trained at once, each in its own process with
-                                     # cores // jobs threads (small models barely gain from a 2nd thread)
+    jobs: int = 1                    # CPU only: models/seeds trained at once, each in its own process
+                                     # (small models barely gain from a 2nd thread)
+    threads: int = 0                 # CPU: torch threads of each run and of its evaluation, whatever the machine;
+                                     # 0: all cores for one run, cores // jobs for several (then the numbers depend on
+                                     # the core count: float sums change with the thread count)
+    deterministic: bool = True       # torch.use_deterministic_algorithms (warnings only where none exists)
     device: str = "auto"             # auto | cpu | cuda
 
 
@@ -354,6 +358,7 @@ def check_values(cfg: Config) -> None:
             raise ConfigError(f"train.seeds: seed {s} is listed twice (each seed is one run)")
     for name in ("batch_size", "epochs", "max_steps_per_epoch", "lr_schedule_epochs", "lazy_reg", "val_every", "jobs"):
         _at_least(getattr(t, name), 1, f"train.{name}")
+    _at_least(t.threads, 0, "train.threads")
     for name in ("lr_g", "lr_d"):
         _positive(getattr(t, name), f"train.{name}")
     for name in ("lr_min", "lambda_l1", "lambda_cyc_cyclegan", "lambda_fusion", "r1_gamma"):

@@ -27,8 +27,8 @@ import torch
 from mm2ct.atomic import atomic_path, write_text
 from mm2ct.checkpoints import load_checkpoint, run_dir
 from mm2ct.metrics import BONE_HU, aggregate, bone_dice, fused_stats, input_usage, paper_metrics, synthrad_metrics
-from mm2ct.provenance import git_commit, portable_path
-from mm2ct.runtime import pick_device
+from mm2ct.provenance import git_commit, machine, portable_path
+from mm2ct.runtime import pick_device, pinned_threads
 from mm2ct.template import TEMPLATE, TemplateTranslator, mean_training_ct, template_dir
 from mm2ct.workspace import Workspace
 
@@ -147,7 +147,8 @@ def evaluate(ws: Workspace, model: str, seed: int | None = None, split: str = "t
     check_trained_with(ckpt, ws.cfg, ckpt_path, ws.profile)   # before the cache is (re)built for another config
     trained = {"seed": ckpt["seed"], "checkpoint": portable_path(ckpt_path, ws.root),
                "checkpoint_epoch": ckpt["epoch"], "best_val_psnr": ckpt["best_psnr"],
-               "train_seconds": round(ckpt["seconds"], 1), "train_commit": ckpt["git_commit"]}
+               "train_seconds": round(ckpt["seconds"], 1), "train_commit": ckpt["git_commit"],
+               "train_machine": ckpt.get("machine")}
     return _evaluate_translator(ws, tr, model, run / "eval", split, trained, device, max(1, cfg.train.batch_size),
                                 ws.cfg.eval.n_samples, t0, progress, keep_predictions)
 
@@ -173,8 +174,9 @@ def _evaluate_translator(ws: Workspace, tr, model: str, out: Path, split: str, t
     from mm2ct.data.slices import SliceDataset, ensure_cache
 
     dataset = SliceDataset(ensure_cache(ws), split, paired=True)
-    pred = predict(tr, dataset, ws.cfg.eval.seed, device, batch_size=batch_size,
-                   max_slices=ws.cfg.eval.max_test_slices, progress=progress, samples=samples)
+    with pinned_threads(ws.cfg.train.threads if device.type == "cpu" else 0) as threads:  # same bits every time
+        pred = predict(tr, dataset, ws.cfg.eval.seed, device, batch_size=batch_size,
+                       max_slices=ws.cfg.eval.max_test_slices, progress=progress, samples=samples)
     pred["pred_hu"] = np.stack([to_hu(x, str(p), dataset.meta) for x, p in zip(pred["pred"], pred["patient"])])
     pred["ct_hu"] = np.stack([to_hu(x, str(p), dataset.meta) for x, p in zip(pred["ct"], pred["patient"])])
     slice_rows, patient_rows = score(pred, dataset.meta, mean_training_ct(dataset.cache_dir))
@@ -201,6 +203,7 @@ def _evaluate_translator(ws: Workspace, tr, model: str, out: Path, split: str, t
     if "fused" in pred:
         summary.update(fused_stats(pred))
     summary["eval_commit"] = git_commit()
+    summary["eval_machine"] = machine(threads)
     summary["eval_seconds"] = round(time.time() - t0, 1)
     write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary

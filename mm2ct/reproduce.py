@@ -3,11 +3,16 @@
 Executed copies go to ``reports/<profile>/executed/``; notebooks write their artefacts (tables, figures) to
 ``reports/<profile>/`` (``$MM2CT_REPORTS_DIR/<profile>/`` when set).  The kernels inherit the work directory
 (``--workdir`` / ``$MM2CT_WORKDIR``, made absolute: they run in the notebooks' folder).  A failing notebook stops
-the run with the notebook's name, the failing cell and the error.
+the run with the notebook's name, the failing cell and the error. While a notebook runs, the terminal shows its
+cell and what the cell prints (notebook 06: runs done, steps and losses of the runs under way).
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -40,10 +45,61 @@ def _failing_cell(nb_path: Path) -> tuple[int | None, str]:
     return None, ""
 
 
+class _Echo(logging.Handler):
+    """Shows a running notebook on the terminal: ``  06 · cell 7/12`` when papermill starts a cell, and every line
+    the cell prints (its training progress included) as ``  06 | ...``; stderr lines as ``  06 ! ...``.
+    Also the file-like object papermill writes the cells' stdout to."""
+
+    def __init__(self, tag: str, n_cells: int, log, echo_output: bool):
+        super().__init__(logging.INFO)
+        self.tag, self.n_cells, self.log, self.echo_output = tag, n_cells, log, echo_output
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        m = re.match(r"Executing Cell (\d+)", msg)
+        if m:
+            self.log(f"  {self.tag} · cell {m.group(1)}/{self.n_cells}", flush=True)
+        elif record.levelno >= logging.WARNING and self.echo_output and "Executing Cell" not in msg:
+            for line in msg.rstrip().splitlines()[-3:]:   # a cell's stderr (warnings): its last lines
+                if line.strip():
+                    self.log(f"  {self.tag} ! {line[:200]}", flush=True)
+
+    def write(self, text: str) -> int:
+        if self.echo_output:
+            for line in text.splitlines():
+                line = line.split("\r")[-1]                # a progress bar redrawn in place: its last state
+                if line.strip():
+                    self.log(f"  {self.tag} | {line[:200]}", flush=True)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _echo(tag: str, n_cells: int, log, echo_output: bool):
+    """Papermill's logger routed to ``_Echo`` (and not to the root logger) for one notebook."""
+    logger = logging.getLogger("papermill")
+    handler = _Echo(tag, n_cells, log, echo_output)
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
 def run_notebooks(profile: str, data_dir: str | None = None, only: list[str] | None = None,
                   notebooks_dir: Path | None = None, reports_dir: Path | None = None,
-                  kernel: str = "python3", log=print) -> list[dict]:
-    """Run the notebooks for ``profile``; return one record per notebook (name, seconds, output path)."""
+                  kernel: str = "python3", log=print, echo_output: bool = True) -> list[dict]:
+    """Run the notebooks for ``profile``; return one record per notebook (name, seconds, output path).
+
+    While a notebook runs, the terminal shows which cell it is in and (``echo_output``) what its cells print, such
+    as notebook 06's training progress (runs done, steps, current losses)."""
     import papermill as pm
 
     root = repo_root()
@@ -64,10 +120,12 @@ def run_notebooks(profile: str, data_dir: str | None = None, only: list[str] | N
         out = executed / nb.name
         log(f"[{i}/{len(todo)}] {nb.name} (profile {profile}) ...", flush=True)
         t0 = time.time()
+        n_cells = len(json.loads(nb.read_text(encoding="utf-8"))["cells"]) + 1   # papermill adds its parameters
         try:
-            with using_workdir(os.environ.get(WORKDIR_ENV) or None):     # the kernel inherits it, absolute
+            with using_workdir(os.environ.get(WORKDIR_ENV) or None), \
+                    _echo(nb.name[:2], n_cells, log, echo_output) as echo:   # the kernel inherits the work dir
                 pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name=kernel,
-                                    cwd=str(notebooks_dir), progress_bar=False, log_output=False)
+                                    cwd=str(notebooks_dir), progress_bar=False, log_output=True, stdout_file=echo)
         except pm.PapermillExecutionError as e:
             idx, first = _failing_cell(out)
             where = f"cell {idx} ({first!r})" if idx is not None else f"execution count {e.exec_count}"
@@ -86,12 +144,15 @@ def configure(parser) -> None:
                         help="dataset folder (default: $MM2CT_DATA_DIR, else the embedded phantom)")
     parser.add_argument("--only", nargs="*", help="run only these notebooks (prefixes such as 07 or names)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="show only which notebook and cell runs, not what the cells print")
 
 
 def run(args) -> int:
     t0 = time.time()
     try:
-        records = run_notebooks(args.profile, args.data_dir, args.only, kernel=args.kernel)
+        records = run_notebooks(args.profile, args.data_dir, args.only, kernel=args.kernel,
+                                echo_output=not args.quiet)
     except NotebookFailed as e:
         print(f"mm2ct reproduce: {e}", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
 """The process a computation runs in: device, seeds, threads (what makes two runs give the same numbers)."""
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -27,3 +28,31 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def cpu_threads(threads: int, jobs: int = 1) -> int:
+    """Torch threads for one CPU run: ``threads`` when set (> 0), else the cores shared among ``jobs`` runs."""
+    import os
+
+    return threads if threads > 0 else max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int):
+    """Run a block with ``threads`` torch threads (> 0; 0 leaves them as they are), restoring them afterwards."""
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def reproducible(threads: int, deterministic: bool = True) -> None:
+    """Pin this process's torch threads (when ``threads`` > 0) and ask for deterministic algorithms (warnings only
+    where an operation has none): the same command then gives the same bits on this machine."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)

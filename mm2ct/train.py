@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import math
 import os
 import sys
@@ -31,12 +32,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from mm2ct.atomic import sweep_stale
+from mm2ct.atomic import sweep_stale, write_text
 from mm2ct.checkpoints import (EMA, RunError, atomic_save, config_differences, describe_differences, fresh_hint,
                                load_weights, make_checkpoint, read_checkpoint, run_dir, run_lock, set_rng_state)
 from mm2ct.config import Config, ConfigError, save_config
 from mm2ct.provenance import git_commit
-from mm2ct.runtime import pick_device, seed_everything
+from mm2ct.runtime import cpu_threads, pick_device, reproducible, seed_everything
 from mm2ct.workspace import Workspace
 
 
@@ -162,6 +163,10 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
         if world == 1 or tc.device != "auto" or not torch.cuda.is_available() \
         else torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     set_default_backend(cfg.scan.backend)
+    if device.type == "cpu":
+        reproducible(tc.threads, tc.deterministic)
+    elif tc.deterministic:
+        reproducible(0, True)
     out = run_dir(ws, model, seed)
 
     # what can fail for a bad request (data, batch size) fails before the run folder is touched
@@ -216,6 +221,7 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
         amp = tc.amp and device.type == "cuda"
         commit = git_commit()
         ran = 0
+        reporter = ProgressFile(out / PROGRESS_NAME, model, seed, tc.epochs * n_steps) if rank == 0 else None
         tr.train()
         while epoch < tc.epochs:
             t0 = time.time()
@@ -234,6 +240,8 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
                     raise FloatingPointError(f"{model}: non-finite loss at step {step}: {row}")
                 rows.append(row)
                 bar.set_postfix(d=f"{row['d_total']:.3f}", g=f"{row['g_total']:.3f}")
+                if reporter is not None:
+                    reporter.update(step, epoch + 1, row, seconds + time.time() - t0)
             sched_g.step()
             sched_d.step()
             epoch += 1
@@ -256,6 +264,8 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
                         f"{best_epoch})  {seconds:.0f} s")
                 atomic_save(make_checkpoint(tr, ema, (opt_g, opt_d, sched_g, sched_d), normalisers, model, cfg, epoch,
                                             step, best_psnr, best_epoch, seconds, commit, seed), last)
+            if reporter is not None and rows:
+                reporter.update(step, epoch, rows[-1], seconds, force=True)
             if world > 1:
                 dist.barrier()
             if stop_after_epochs is not None and ran >= stop_after_epochs:
@@ -312,6 +322,46 @@ def ema_horizon_warning(decay: float, total_steps: int) -> str | None:
             f"for runs this short")
 
 
+PROGRESS_NAME = "progress.json"
+PROGRESS_EVERY_S = 60.0  # train_all's progress lines while runs train in worker processes
+
+
+class ProgressFile:
+    """A run's progress for whoever watches it from outside (``train_all``'s progress lines, ``mm2ct reproduce``):
+    ``<run>/progress.json`` = model, seed, step / total steps, epoch, the latest losses and seconds, rewritten
+    atomically at most every ``every`` seconds."""
+
+    def __init__(self, path: Path, model: str, seed: int, total_steps: int, every: float = 5.0):
+        self.path, self.model, self.seed, self.total, self.every = path, model, seed, total_steps, every
+        self.last = -math.inf
+
+    def update(self, step: int, epoch: int, row: dict, seconds: float, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.every and step < self.total:
+            return
+        self.last = now
+        state = {"model": self.model, "seed": self.seed, "step": step, "total_steps": self.total, "epoch": epoch,
+                 "g_total": row.get("g_total"), "d_total": row.get("d_total"), "seconds": round(seconds, 1)}
+        write_text(self.path, json.dumps(state))
+
+
+def read_progress(run: Path) -> dict | None:
+    """The last ``progress.json`` of a run folder, or None (not started, or unreadable mid-write)."""
+    try:
+        return json.loads((run / PROGRESS_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def progress_line(states: list[dict], done: int, total: int, elapsed: float) -> str:
+    """``training: 2/7 runs done · mm2ct seed 42 step 120/450 (g 1.52, d 1.31) · ... · 5 min so far``: the runs
+    under way (``states``: their ``progress.json``)."""
+    parts = [f"training: {done}/{total} runs done"]
+    parts += [f"{s['model']} seed {s['seed']} step {s['step']}/{s['total_steps']} (g {s['g_total']:.2f}, "
+              f"d {s['d_total']:.2f})" for s in states]
+    return " · ".join(parts) + f" · {elapsed / 60:.0f} min so far"
+
+
 def _summary(r: RunResult) -> str:
     return (f"{r.model} seed {r.seed}: best val PSNR {r.best_psnr:.2f} dB at epoch {r.best_epoch}; "
             f"{r.steps} steps in {r.seconds:.0f} s -> {r.run_dir}")
@@ -338,12 +388,16 @@ def train_all(ws: Workspace, models: list[str], seeds: list[int], jobs: int | No
     jobs = ws.cfg.train.jobs if jobs is None else jobs
     if jobs < 1:
         raise ValueError(f"train.jobs must be >= 1, got {jobs}")
+    t_start = time.monotonic()
     pairs = [(m, s) for m in models for s in seeds]
     distributed = dist.is_available() and dist.is_initialized()
     on_gpu = pick_device(ws.cfg.train.device, "train.device").type != "cpu"
     if jobs == 1 or len(pairs) == 1 or distributed or on_gpu:
         results = []
-        for m, s in pairs:
+        for i, (m, s) in enumerate(pairs):
+            if progress and (not distributed or dist.get_rank() == 0):
+                log(f"training: run {i + 1}/{len(pairs)}: {m} seed {s} · {(time.monotonic() - t_start) / 60:.0f} min "
+                    f"so far")
             results.append(train(ws, m, seed=s, resume=resume, progress=progress, log=log))
             if not distributed or dist.get_rank() == 0:
                 log(_summary(results[-1]))
@@ -352,15 +406,13 @@ def train_all(ws: Workspace, models: list[str], seeds: list[int], jobs: int | No
     import concurrent.futures as cf
     import multiprocessing as mp
 
-    from tqdm.auto import tqdm
-
     from mm2ct.data.slices import ensure_cache
     from mm2ct.ops import available_backends
 
     ensure_cache(ws)        # made once here, not raced by the workers
     available_backends()    # builds / loads the C++ scan kernel once, before the workers load it
     jobs = min(jobs, len(pairs))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = cpu_threads(ws.cfg.train.threads, jobs)
     log(f"training {len(pairs)} runs, {jobs} at a time ({threads} thread(s) each)")
     with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                                 initargs=(threads,)) as pool:
@@ -369,17 +421,23 @@ def train_all(ws: Workspace, models: list[str], seeds: list[int], jobs: int | No
         order = sorted(range(len(pairs)), key=lambda i: (cost.get(pairs[i][0].split("_")[0], 2), i))
         futures = {pool.submit(_train_job, ws, *pairs[i], resume): i for i in order}
         results: list[RunResult | None] = [None] * len(pairs)
-        for fut in tqdm(cf.as_completed(futures), total=len(pairs), desc="runs", disable=not progress,
-                        file=sys.stdout, dynamic_ncols=True):
-            model, seed = pairs[futures[fut]]
-            try:
-                r = fut.result()
-            except Exception as e:
-                for other in futures:  # runs not started yet are dropped; running ones finish their epoch
-                    other.cancel()
-                raise RuntimeError(f"training {model} seed {seed} failed: {type(e).__name__}: {e}") from e
-            results[futures[fut]] = r
-            log(_summary(r))
+        pending = set(futures)
+        while pending:
+            finished, pending = cf.wait(pending, timeout=PROGRESS_EVERY_S, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                model, seed = pairs[futures[fut]]
+                try:
+                    r = fut.result()
+                except Exception as e:
+                    for other in futures:  # runs not started yet are dropped; running ones finish their epoch
+                        other.cancel()
+                    raise RuntimeError(f"training {model} seed {seed} failed: {type(e).__name__}: {e}") from e
+                results[futures[fut]] = r
+                log(_summary(r))
+            if progress and pending:
+                running = [read_progress(run_dir(ws, *pairs[futures[f]])) for f in pending if f.running()]
+                log(progress_line([s for s in running if s], len(pairs) - len(pending), len(pairs),
+                                  time.monotonic() - t_start))
     return results  # type: ignore[return-value]
 
 

@@ -55,3 +55,22 @@ def test_reports_go_where_the_workspace_puts_them(tmp_path, monkeypatch) -> None
 def test_no_notebooks_is_an_error(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no numbered notebooks"):
         run_notebooks("smoke", notebooks_dir=tmp_path, reports_dir=tmp_path / "r")
+
+
+def test_the_terminal_shows_the_cell_and_what_it_prints(tmp_path) -> None:
+    """A long notebook is visibly alive: each cell's start and each printed line (training progress) reach the
+    log as they happen, tagged with the notebook; --quiet keeps only the cells."""
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    _notebook(nbdir / "06_train.ipynb", "print('training: 1/7 runs done')\nprint('a\\rb\\rstep 30/450')",
+              "import sys\nprint('careful', file=sys.stderr)")
+    lines: list[str] = []
+    run_notebooks("smoke", notebooks_dir=nbdir, reports_dir=tmp_path / "r", log=lambda m, **k: lines.append(m))
+    assert lines[0].startswith("[1/1] 06_train.ipynb") and lines[-1].startswith("[1/1] 06_train.ipynb done")
+    body = lines[1:-1]
+    assert body[:4] == ["  06 · cell 1/4", "  06 · cell 2/4", "  06 · cell 3/4", "  06 | training: 1/7 runs done"]
+    assert "  06 | step 30/450" in body and "  06 ! careful" in body and "  06 · cell 4/4" in body
+    quiet: list[str] = []
+    run_notebooks("smoke", notebooks_dir=nbdir, reports_dir=tmp_path / "r", log=lambda m, **k: quiet.append(m),
+                  echo_output=False)
+    assert [ln for ln in quiet if "|" in ln or "!" in ln] == [] and "  06 · cell 4/4" in quiet

@@ -388,3 +388,41 @@ def test_a_checkpoint_that_does_not_fit_its_model_is_named_in_one_line(tmp_path)
         with pytest.raises(RunError, match=f"{path}: its weights do not fit") as e:
             load_checkpoint(path)
         assert len(str(e.value)) < 600 and "--fresh" in str(e.value)
+
+
+def test_the_same_command_gives_the_same_numbers(root, tmp_path) -> None:
+    """Train and evaluate one run twice in fresh work directories (same profile, seed, thread count): every
+    weight and every number of the evaluation summary is identical, and both record the machine and threads."""
+    import json
+
+    from mm2ct.evaluate import evaluate
+
+    summaries, states = [], []
+    for name in ("first", "second"):
+        ws = resolve("smoke", root=tmp_path / name, reports_dir=tmp_path / name / "reports",
+                     train={"epochs": 2, "threads": 1})
+        r = train(ws, "syndiff_t2", progress=False, log=lambda *a: None)
+        states.append(torch.load(r.run_dir / "best.pt", weights_only=False))
+        summaries.append(evaluate(ws, "syndiff_t2", progress=False))
+    a, b = states
+    assert a["machine"]["threads"] == 1 and a["machine"]["cpu"]
+    assert all(torch.equal(a["translator"][k], b["translator"][k]) for k in a["translator"])
+    numbers = [{k: v for k, v in s.items() if isinstance(v, float) and not k.endswith("seconds")} for s in summaries]
+    assert numbers[0] == numbers[1] and len(numbers[0]) > 10
+    assert summaries[0]["eval_machine"]["threads"] == 1 == summaries[0]["train_machine"]["threads"]
+    assert json.loads(json.dumps(summaries[0]))["eval_machine"]["torch"] == torch.__version__
+
+
+def test_progress_file_and_line(root) -> None:
+    """A run keeps <run>/progress.json current (what train_all reports while worker processes train)."""
+    from mm2ct.train import PROGRESS_NAME, progress_line, read_progress
+
+    ws = _ws(root)
+    r = train(ws, "cyclegan_t1", resume=False, progress=False, log=lambda *a: None)
+    state = read_progress(r.run_dir)
+    assert (r.run_dir / PROGRESS_NAME).is_file()
+    assert state["model"] == "cyclegan_t1" and state["step"] == state["total_steps"] == r.steps and state["epoch"] == 2
+    line = progress_line([state, {**state, "model": "mm2ct", "step": 1}], 3, 7, 125.0)
+    assert line.startswith("training: 3/7 runs done · cyclegan_t1 seed 42 step 4/4 (g ")
+    assert "mm2ct seed 42 step 1/4" in line and line.endswith("2 min so far")
+    assert read_progress(r.run_dir.parent / "no-such-run") is None

@@ -142,7 +142,9 @@ def provenance(ws: Workspace, summaries: dict, what: str) -> dict[str, Any]:
                      "checkpoint_epoch": sm.get("checkpoint_epoch"), "train_commit": sm.get("train_commit"),
                      "eval_commit": sm.get("eval_commit"), "train_seconds": num(sm.get("train_seconds")),
                      "eval_seconds": num(sm.get("eval_seconds")), "n_slices": sm.get("n_slices"),
-                     "n_patients": sm.get("n_patients"), "data": rel(sm.get("data"))})
+                     "n_patients": sm.get("n_patients"), "data": rel(sm.get("data")),
+                     "train_machine": _machine_text(sm.get("train_machine")),
+                     "eval_machine": _machine_text(sm.get("eval_machine"))})
     train_s = sum(r["train_seconds"] for r in runs if np.isfinite(r["train_seconds"]))
     eval_s = sum(r["eval_seconds"] for r in runs if np.isfinite(r["eval_seconds"]))
     return {
@@ -150,6 +152,7 @@ def provenance(ws: Workspace, summaries: dict, what: str) -> dict[str, Any]:
         "data": sorted({str(r["data"]) for r in runs}) or [rel(ws.data_root)],
         "seeds": sorted({r["seed"] for r in runs}),
         "train_commits": sorted({str(r["train_commit"]) for r in runs}),
+        "machines": sorted({m for r in runs for m in (r["train_machine"], r["eval_machine"]) if m}),
         "eval_commits": sorted({str(r["eval_commit"]) for r in runs}),
         "report_commit": git_commit(),
         "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1),
@@ -157,6 +160,14 @@ def provenance(ws: Workspace, summaries: dict, what: str) -> dict[str, Any]:
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "runs": runs,
     }
+
+
+def _machine_text(m: dict | None) -> str | None:
+    """``Intel(R) Xeon(R) ..., 1 torch thread(s), torch 2.13.0`` from a recorded ``mm2ct.provenance.machine()``."""
+    if not m:
+        return None
+    where = m.get("cuda") or m.get("cpu")
+    return f"{where}, {m.get('threads')} torch thread(s), torch {m.get('torch')}"
 
 
 def provenance_lines(p: dict[str, Any]) -> list[str]:
@@ -168,6 +179,7 @@ def provenance_lines(p: dict[str, Any]) -> list[str]:
              f"report {p['report_commit']}",
              f"wall time: train {p['train_seconds']:.1f} s + eval {p['eval_seconds']:.1f} s = "
              f"{p['wall_seconds']:.1f} s",
+             f"machines (training and evaluation): {'; '.join(p.get('machines') or ['not recorded'])}",
              f"created: {p['created_utc']}"]
     for r in p["runs"]:
         epoch = "no checkpoint" if r["checkpoint"] is None else f"epoch {r['checkpoint_epoch']}"
