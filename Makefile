@@ -7,7 +7,7 @@ PROFILE    ?= demo
 # 2-core machine (several processes, each with its own thread pool).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install reproduce test lab bench clean
+.PHONY: install reproduce test lab bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,14 @@ lab: install         ## open the notebooks in JupyterLab
 
 bench: install       ## benchmark scripts (ratio tables)
 	$(PY) benchmarks/selective_scan.py
+
+# The GPU path in one run (benchmarks/gpu_check.py): no `install` step, because a GPU machine often has its own
+# CUDA torch and no internet; the .venv's python when there is one, else python3. Give built wheels with
+# GPU_CHECK_ARGS="--wheels DIR" (mamba-ssm, causal-conv1d and whatever they need that is missing).
+GPU_PY         ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_CHECK_ARGS ?=
+gpu-check:           ## kernels, every model's training step (fp32 / bf16), torchrun, NIfTI inference -> runs/gpu_check/
+	$(GPU_PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf runs reports/smoke reports/*/executed data/generated data/cache
