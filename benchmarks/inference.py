@@ -180,8 +180,8 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     peak = compute_peak()
     print(f"{torch.get_num_threads()} threads, scan backend {resolve_backend('auto', torch.device('cpu'))}; compute "
-          f"peak {peak['peak_gflops']:.0f} GFLOP/s (matmul {peak['matmul_gflops']:.0f}, conv {peak['conv_gflops']:.0f}); "
-          f"load average {load[0]:.1f}", flush=True)
+          f"peak {peak['peak_gflops']:.0f} GFLOP/s (matmul {peak['matmul_gflops']:.0f}, conv "
+          f"{peak['conv_gflops']:.0f}); load average {load[0]:.1f}", flush=True)
     parts = measure(args)
     table = rows(parts, peak["peak_gflops"], args.slices)
     print_table(table, args.slices)
