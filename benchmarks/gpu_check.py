@@ -17,12 +17,13 @@ status is 1 when any part failed (a skipped part is not a failure, and the summa
   cuda_tests    ``pytest -m cuda tests/test_cuda_kernels.py`` in a subprocess (mamba-ssm's scan and causal conv against
                 the references, outputs and every gradient, float32 and bfloat16)
   train_steps   every model of Tables 1 and 2 (``mm2ct.translators.MODELS``) at the paper profile (256 px, batch 4;
-                ``--tiny``: tiny widths, 16 px): ``--warmup`` + ``--steps`` steps of ``mm2ct.train.train_step`` with
-                ``make_optimisers`` on random images, in float32 and under bfloat16 autocast: median step time of the
-                timed steps (CUDA synchronised), samples per second, peak memory, whether every loss is finite, and
-                how far bf16 moves the first step's gradients from float32 (relative L2, reported only). The
-                Mamba models need mamba-ssm's scan on a GPU (the pure-PyTorch scan launches one kernel per token:
-                minutes per step at 256 px); without it they run at tiny size only, and the JSON says so.
+                ``--profile NAME`` another, e.g. gpu_demo; ``--tiny``: tiny widths, 16 px): ``--warmup`` + ``--steps``
+                steps of ``mm2ct.train.train_step`` with ``make_optimisers`` on random images, in float32 and under
+                bfloat16 autocast: median step time of the timed steps (CUDA synchronised), samples per second, peak
+                memory, whether every loss is finite, and how far bf16 moves the first step's gradients from float32
+                (relative L2, reported only). The Mamba models need mamba-ssm's scan on a GPU (the pure-PyTorch scan
+                launches one kernel per token: minutes per step at 256 px); without it they run at tiny size only,
+                and the JSON says so.
   ddp           ``torchrun`` data parallelism: one step of 2 processes (NCCL on 2 GPUs; gloo on the CPU otherwise,
                 plus a 1-process NCCL run on a single GPU) against the single-process step on the combined batch:
                 gradients and parameters after the step must agree. Each rank gets every ``world``-th sample and the
@@ -144,13 +145,13 @@ def _subprocess_env(site: Path | None, threads: int | None = None) -> dict[str, 
     return env
 
 
-def _config(tiny: bool, device_type: str, **train):
-    """The profile of the check: ``paper`` (256 px, batch 4, the paper's widths) or the tiny one."""
+def _config(tiny: bool, device_type: str, profile: str = "paper"):
+    """The profile of the check: ``paper`` (256 px, batch 4, the paper's widths), another one, or the tiny one."""
     from mm2ct.config import load_profile
 
     if tiny:
-        return load_profile("smoke", **TINY, train={"batch_size": 2, **train})
-    return load_profile("paper", train={"batch_size": 4, **train})
+        return load_profile("smoke", **TINY, train={"batch_size": 2})
+    return load_profile(profile)
 
 
 # ------------------------------------------------------------------------------------------------ environment
@@ -374,7 +375,7 @@ def train_steps(args, device, entry: dict) -> None:
     from mm2ct.translators import MODELS
 
     rows, skipped = [], []
-    full = _config(args.tiny, device.type)
+    full = _config(args.tiny, device.type, args.profile)
     tiny = _config(True, device.type)
     fast_scan = kernels_usable(device) or device.type != "cuda"
     for model in args.models or list(MODELS):
@@ -714,6 +715,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="timed steps per model (default 3; --tiny 1)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2; --tiny 1)")
     ap.add_argument("--models", nargs="+", default=None, help="subset of mm2ct.translators.MODELS")
+    ap.add_argument("--profile", default="paper",
+                    help="profile of the timed training steps (default paper: 256 px, batch 4; gpu_demo: 128 px)")
     ap.add_argument("--batch-size", type=int, default=8, help="slices per forward pass in mm2ct translate")
     ap.add_argument("--skip", nargs="+", default=[], choices=PARTS, help="parts not to run")
     ap.add_argument("--ddp-local", type=int, default=4, help=argparse.SUPPRESS)  # samples per rank (x2 combined)
