@@ -458,14 +458,30 @@ def sharded_draws(rank: int, world: int, local: int):
 def ddp_step(device, rank: int, world: int, combined: int) -> dict:
     """One ``train_step`` of DDP_MODEL (tiny, float32) on this rank's samples of a fixed batch of ``combined``
     samples (rank r: samples r, r + world, ...): the parameters, the gradients of both steps (CPU) and the logs."""
+    with _no_tf32():
+        return _ddp_step(device, rank, world, combined)
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    """float32 products on both sides of the comparison (TF32 rounds to 10 bits), the flags restored after."""
+    import torch
+
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+def _ddp_step(device, rank: int, world: int, combined: int) -> dict:
     import torch
 
     from mm2ct.runtime import seed_everything
     from mm2ct.train import _all_reduce_grads, make_optimisers, train_step
     from mm2ct.translators import build
 
-    torch.backends.cudnn.allow_tf32 = False  # float32 products on both sides
-    torch.backends.cuda.matmul.allow_tf32 = False
     cfg = _config(True, device.type)
     seed_everything(0)
     tr = build(DDP_MODEL, cfg).to(device)
@@ -668,6 +684,8 @@ def inference(args, device, entry: dict) -> None:
     del tr
     entry.update(model=model, volume=list(case.t2.shape), image_size=cfg.data.image_size, runs=[])
     dev = "cuda" if device.type == "cuda" else "cpu"
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     for label, samples in (("1 sample (cold)", 1), ("1 sample", 1), ("4 samples", 4)):
         out = work / f"sct_{samples}.nii.gz"
         argv = ["translate", "--t1", str(pat / "t1.nii.gz"), "--t2", str(pat / "t2.nii.gz"), "--checkpoint",
