@@ -1,6 +1,7 @@
 """``mm2ct reproduce``: execute every numbered notebook in order with papermill for one profile.
 
-Executed copies go to ``reports/<profile>/executed/``; notebooks write their artefacts (tables, figures) to
+Executed copies go to ``reports/<profile>/notebooks/`` (widget state stripped: readable on the web, where a
+progress-bar widget cannot render); notebooks write their artefacts (tables, figures) to
 ``reports/<profile>/`` (``$MM2CT_REPORTS_DIR/<profile>/`` when set).  The kernels inherit the work directory
 (``--workdir`` / ``$MM2CT_WORKDIR``, made absolute: they run in the notebooks' folder).  A failing notebook stops
 the run with the notebook's name, the failing cell and the error. While a notebook runs, the terminal shows its
@@ -18,7 +19,8 @@ import time
 from pathlib import Path
 
 from mm2ct import repo_root
-from mm2ct.workspace import WORKDIR_ENV, reports_root, using_workdir
+from mm2ct.atomic import atomic_path
+from mm2ct.workspace import WORKDIR_ENV, reports_root, using_workdir, workdir
 
 
 class NotebookFailed(RuntimeError):
@@ -43,6 +45,51 @@ def _failing_cell(nb_path: Path) -> tuple[int | None, str]:
                 first = next((ln for ln in cell.source.splitlines() if ln.strip()), "")
                 return i, first
     return None, ""
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def publishable(path: Path, roots: tuple[str | os.PathLike, ...] = ()) -> None:
+    """Make an executed notebook fit to publish: strip what only a live kernel can show (ipywidgets state and widget
+    views; their plain-text fallback stays), so that it reads on the web as it ran, and write the folders in
+    ``roots`` (default: the repository and the work directory) as relative paths, so that it names no folder of the
+    machine that ran it."""
+    import nbformat
+
+    roots = tuple(str(Path(r).resolve()) for r in roots or (repo_root(), workdir()))
+
+    def scrub(text: str) -> str:
+        for r in sorted(set(roots), key=len, reverse=True):
+            text = text.replace(r + os.sep, "").replace(r, ".")
+        return text
+
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata.pop("widgets", None)
+    pm_meta = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if isinstance(pm_meta.get(key), str):
+            pm_meta[key] = scrub(pm_meta[key])
+    for key, value in list(pm_meta.get("parameters", {}).items()):
+        if isinstance(value, str):
+            pm_meta["parameters"][key] = scrub(value)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "injected-parameters" in cell.metadata.get("tags", []):
+            cell.source = scrub(cell.source)
+        for out in cell.get("outputs", []):
+            if "text" in out:
+                out["text"] = scrub(out["text"])
+            data = out.get("data") or {}
+            data.pop(WIDGET_VIEW, None)
+            for mime in ("text/plain", "text/html", "text/markdown"):
+                if isinstance(data.get(mime), str):
+                    data[mime] = scrub(data[mime])
+            if out.get("output_type") == "error":
+                out["traceback"] = [scrub(t) for t in out.get("traceback", [])]
+        if cell.get("outputs"):
+            cell.outputs = [o for o in cell.outputs if o.get("output_type") != "display_data" or o.get("data")]
+    with atomic_path(path) as tmp:
+        nbformat.write(nb, str(tmp))
 
 
 class _Echo(logging.Handler):
@@ -105,7 +152,7 @@ def run_notebooks(profile: str, data_dir: str | None = None, only: list[str] | N
     root = repo_root()
     notebooks_dir = Path(notebooks_dir or root / "notebooks")
     reports_dir = Path(reports_dir or reports_root() / profile)
-    executed = reports_dir / "executed"
+    executed = reports_dir / "notebooks"
     executed.mkdir(parents=True, exist_ok=True)
     todo = notebooks(notebooks_dir)
     if not todo:
@@ -132,6 +179,7 @@ def run_notebooks(profile: str, data_dir: str | None = None, only: list[str] | N
             raise NotebookFailed(
                 f"{nb.name} failed in {where}: {e.ename}: {e.evalue}\n  executed copy with the traceback: {out}"
             ) from None
+        publishable(out)
         dt = time.time() - t0
         log(f"[{i}/{len(todo)}] {nb.name} done in {dt:.1f} s", flush=True)
         records.append({"notebook": nb.name, "seconds": round(dt, 1), "executed": str(out)})

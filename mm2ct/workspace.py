@@ -10,7 +10,7 @@ Runs, generated data and caches live in the *work directory*: the repository roo
 Reports are the committed artefacts of `make reproduce`; they stay in the repository wherever the work happens,
 unless ``$MM2CT_REPORTS_DIR`` (or a notebook's ``reports_dir``) says otherwise:
 
-    reports/<profile>/                            tables and figures; executed notebooks in reports/<profile>/executed/
+    reports/<profile>/                            tables and figures; executed notebooks in reports/<profile>/notebooks/
 """
 from __future__ import annotations
 

@@ -38,8 +38,8 @@ def test_runs_in_order_with_parameters_and_stops_at_the_failing_cell(tmp_path, m
     msg = str(err.value)
     assert "02_broken.ipynb failed in cell" in msg and "raise ValueError" in msg and "phantom too small" in msg
     assert json.loads((tmp_path / "rep" / "seen.json").read_text()) == "demo"   # parameters injected
-    assert (tmp_path / "rep" / "executed" / "01_first.ipynb").exists()
-    assert not (tmp_path / "rep" / "executed" / "03_never.ipynb").exists()
+    assert (tmp_path / "rep" / "notebooks" / "01_first.ipynb").exists()
+    assert not (tmp_path / "rep" / "notebooks" / "03_never.ipynb").exists()
 
 
 def test_reports_go_where_the_workspace_puts_them(tmp_path, monkeypatch) -> None:
@@ -74,3 +74,31 @@ def test_the_terminal_shows_the_cell_and_what_it_prints(tmp_path) -> None:
     run_notebooks("smoke", notebooks_dir=nbdir, reports_dir=tmp_path / "r", log=lambda m, **k: quiet.append(m),
                   echo_output=False)
     assert [ln for ln in quiet if "|" in ln or "!" in ln] == [] and "  06 · cell 4/4" in quiet
+
+
+def test_executed_notebooks_read_without_a_kernel(tmp_path) -> None:
+    """The committed executed notebooks carry no widget state or widget views (a web viewer cannot render them) and
+    no absolute folder, but keep their text and images."""
+    import nbformat
+
+    from mm2ct.reproduce import WIDGET_VIEW, publishable
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={WIDGET_VIEW: {"model_id": "1"},
+                                                                 "text/plain": "100%|##| 4/4"}),
+                    nbformat.v4.new_output("display_data", data={WIDGET_VIEW: {"model_id": "2"}}),
+                    nbformat.v4.new_output("display_data", data={"image/png": "iVBOR"})]
+    printed = nbformat.v4.new_code_cell("print(run)")
+    printed.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"saved -> {tmp_path}/work/runs/demo\n")]
+    nb.cells = [cell, printed]
+    nb.metadata["papermill"] = {"input_path": str(tmp_path / "nbs" / "06.ipynb"), "parameters": {"profile": "demo"}}
+    path = tmp_path / "06.ipynb"
+    nbformat.write(nb, path)
+    publishable(path, roots=(tmp_path,))
+    out = nbformat.read(path, as_version=4)
+    assert "widgets" not in out.metadata
+    assert [dict(o["data"]) for o in out.cells[0].outputs] == [{"text/plain": "100%|##| 4/4"}, {"image/png": "iVBOR"}]
+    assert out.cells[1].outputs[0]["text"] == "saved -> work/runs/demo\n"   # no folder of the machine that ran it
+    assert out.metadata["papermill"]["input_path"] == "nbs/06.ipynb" and str(tmp_path) not in path.read_text()
