@@ -36,7 +36,7 @@ from mm2ct.atomic import sweep_stale, write_text
 from mm2ct.checkpoints import (EMA, RunError, atomic_save, config_differences, describe_differences, fresh_hint,
                                load_weights, make_checkpoint, read_checkpoint, run_dir, run_lock, set_rng_state)
 from mm2ct.config import Config, ConfigError, save_config
-from mm2ct.provenance import git_commit
+from mm2ct.provenance import git_commit, portable_path
 from mm2ct.runtime import cpu_threads, pick_device, reproducible, seed_everything
 from mm2ct.workspace import Workspace
 
@@ -364,7 +364,7 @@ def progress_line(states: list[dict], done: int, total: int, elapsed: float) -> 
 
 def _summary(r: RunResult) -> str:
     return (f"{r.model} seed {r.seed}: best val PSNR {r.best_psnr:.2f} dB at epoch {r.best_epoch}; "
-            f"{r.steps} steps in {r.seconds:.0f} s -> {r.run_dir}")
+            f"{r.steps} steps in {r.seconds:.0f} s -> {portable_path(r.run_dir, r.run_dir.parents[2])}")
 
 
 def _worker_init(threads: int) -> None:
