@@ -627,8 +627,18 @@ def train_loop(args, device, entry: dict) -> None:
                  train={"epochs": 2, "max_steps_per_epoch": 1, "batch_size": 2, "device": device.type,
                         "amp": device.type == "cuda", "ema_decay": 0.5})
     logs: list[str] = []
-    first = train(ws, DDP_MODEL, progress=False, stop_after_epochs=1, log=logs.append)
-    second = train(ws, DDP_MODEL, progress=False, log=logs.append)
+    import torch
+
+    # train() pins threads and switches deterministic algorithms on for the whole process (train.deterministic):
+    # put both back, so that the inference timed next runs as `mm2ct translate` would
+    state = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        first = train(ws, DDP_MODEL, progress=False, stop_after_epochs=1, log=logs.append)
+        second = train(ws, DDP_MODEL, progress=False, log=logs.append)
+    finally:
+        torch.set_num_threads(state[0])
+        torch.use_deterministic_algorithms(state[1], warn_only=state[2])
     tr, _, ckpt = load_checkpoint(second.run_dir / "best.pt", device)
     entry.update(model=DDP_MODEL, amp=ws.cfg.train.amp, epochs=[first.epochs, second.epochs],
                  steps=second.steps, best_psnr=second.best_psnr, log=logs[-5:],
