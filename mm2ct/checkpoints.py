@@ -201,11 +201,16 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore ``rng_state()``. The generator states are moved to the CPU first (a checkpoint read with
+    ``map_location="cuda"`` carries them on the GPU, where torch refuses them); CUDA states are restored for as many
+    devices as both the checkpoint and this machine have."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        saved = [s.cpu() for s in state["cuda"]]
+        for i, s in enumerate(saved[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
 
 
 def make_checkpoint(tr, ema: EMA, opts, normalisers, model: str, cfg, epoch: int, step: int, best_psnr: float,

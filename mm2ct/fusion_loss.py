@@ -16,6 +16,8 @@ unconditioned; the loss makes Φ an MR-like fused image from the first steps.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -60,7 +62,21 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def fusion_loss(fused: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """L_fuse (module docstring) for (B, 1, H, W) images in [-1, 1]. Returns (scalar, logs of the three terms
-    before weighting: ``fuse_int``, ``fuse_grad``, ``fuse_ssim`` = 1 - mean SSIM)."""
+    before weighting: ``fuse_int``, ``fuse_grad``, ``fuse_ssim`` = 1 - mean SSIM).
+
+    Always computed in float32 with autocast off: SSIM's variances E[x²] − E[x]² cancel catastrophically in
+    bfloat16 (under bf16 autocast its gradient would be noise)."""
+    with _autocast_off(fused.device):
+        return _fusion_loss(fused.float(), t1.float(), t2.float())
+
+
+def _autocast_off(device: torch.device):
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _fusion_loss(fused: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor) -> tuple[torch.Tensor, dict]:
     f, a, b = (fused + 1) / 2, (t1 + 1) / 2, (t2 + 1) / 2  # [0, 1]
     intensity = F.l1_loss(f, torch.maximum(a, b))
     gradient = F.l1_loss(sobel_gradient(f), torch.maximum(sobel_gradient(a), sobel_gradient(b)))

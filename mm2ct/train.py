@@ -123,7 +123,10 @@ def train_step(tr, batch: dict, step: int, tc, opt_d, opt_g, amp: bool = False, 
     if world > 1:
         _all_reduce_grads(tr.generators(), world)
     opt_g.step()
-    return {k: float(v) for k, v in {**logs_d, **logs_g}.items()}
+    logs = {**logs_d, **logs_g}
+    device = loss_g.device
+    values = torch.stack([torch.as_tensor(v).detach().to(device, torch.float32).reshape(()) for v in logs.values()])
+    return dict(zip(logs, values.tolist()))  # one device-to-host copy per step, not one per logged value
 
 
 def validate(tr, dataset, cfg: Config, device: torch.device, max_slices: int | None = None) -> float:
@@ -184,7 +187,9 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
                          f"{tc.batch_size}{f' x {world} ranks' if world > 1 else ''}; lower train.batch_size")
 
     seed_everything(seed)
-    tr = build(model, cfg).to(device)
+    tr = build(model, cfg).to(device)                 # the same initial weights on every rank
+    if world > 1:
+        seed_everything(seed * 1000 + rank)           # but each rank draws its own t, noise and z
     opt_g, opt_d, sched_g, sched_d = make_optimisers(tr, tc)
     ema = EMA(tr.generators(), tc.ema_decay)
     epoch, step, best_psnr, best_epoch, seconds = 0, 0, -math.inf, -1, 0.0
@@ -205,6 +210,8 @@ def train(ws: Workspace, model: str, seed: int | None = None, resume: bool = Tru
             epoch, step = ckpt["epoch"], ckpt["step"]
             best_psnr, best_epoch, seconds = ckpt["best_psnr"], ckpt["best_epoch"], ckpt["seconds"]
             set_rng_state(ckpt["rng"])
+            if world > 1:   # the checkpoint holds rank 0's generators: the other ranks draw their own again
+                seed_everything(seed * 1000 + rank + 7919 * epoch)
             if rank == 0:  # a kill between the log append and the checkpoint leaves rows of an unsaved epoch
                 for name in ("log.csv", "val.csv"):
                     _truncate_csv(out / name, epoch)
@@ -490,15 +497,27 @@ def configure(parser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
+def init_distributed(device: torch.device) -> None:
+    """torchrun's process group: NCCL when the training device is CUDA (each rank on its LOCAL_RANK GPU, set before
+    the group starts), gloo for CPU training even on a machine with GPUs; a one-hour timeout, because rank 0 builds
+    the slice cache and validates while the others wait at a barrier (NCCL's default is 10 minutes)."""
+    import datetime
+
+    if device.type == "cuda":
+        local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl", timeout=datetime.timedelta(hours=1), device_id=local)
+    else:
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=1))
+
+
 def run(args) -> int:
     from mm2ct.workspace import resolve
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     ws = resolve(args.profile, args.data_dir)
+    if world > 1 and not dist.is_initialized():
+        init_distributed(pick_device(ws.cfg.train.device, "train.device"))
     models = args.model or list(ws.cfg.train.models)
     seeds = args.seed or list(ws.cfg.train.seeds)
     check_models(models, "--model" if args.model else "train.models")

@@ -57,7 +57,7 @@ def test_data_dir_argument_and_environment(monkeypatch, tmp_path) -> None:
 
 
 def test_unknown_profile_names_the_choices() -> None:
-    with pytest.raises(ConfigError, match="unknown profile 'smok'.*demo, demo_long, demo_seeds, paper, smoke"):
+    with pytest.raises(ConfigError, match="unknown profile 'smok'.*demo, demo_long, demo_seeds, gpu_demo, paper, smoke"):
         load_profile("smok")
 
 
