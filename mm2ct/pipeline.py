@@ -17,6 +17,7 @@ from mm2ct.checkpoints import EVALUATION_SETTINGS, config_differences, describe_
 from mm2ct.config import load_profile
 from mm2ct.provenance import portable_path
 from mm2ct.template import TEMPLATE
+from mm2ct.translators import MODELS
 from mm2ct.workspace import Workspace, resolve
 
 
@@ -50,6 +51,7 @@ def runs_to_show(ws: Workspace, models: Sequence[str], prefer: str | None = "dem
         say(f"showing profile {ws.profile}'s runs ({portable_path(ws.runs_dir, ws.root)})")
         return ws
     other = Workspace(cfg=load_profile(prefer), root=ws.root)
+    models = [m for m in models if m == TEMPLATE or m in other.cfg.train.models or m not in MODELS]
     where = portable_path(other.runs_dir, ws.root)
     smoke = f"showing profile smoke's runs ({portable_path(ws.runs_dir, ws.root)}; a few training steps, numbers " \
             f"without meaning): "

@@ -299,7 +299,9 @@ def test_table1_checks_that_every_model_beats_the_template(tmp_path):
     t = reports.table1(ws)
     vs = t.ordering["vs_template"]
     assert vs["claim"] == "every model > template (no MR)" and set(vs) == {"claim", "mae_hu", "dice_bone"}
-    assert vs["mae_hu"]["per_seed"][42] == {"holds": False, "template": 139.0, "not_better": ["syndiff_t1", "mm2ct"]}
+    assert vs["mae_hu"]["per_seed"][42] == {"holds": False, "template": 139.0, "not_better": ["syndiff_t1", "mm2ct"],
+                                            "margin": -11.0}   # the worst model: SynDiff (T1), 11 HU above it
+    assert vs["mae_hu"]["verdict"] == "fails" and vs["mae_hu"]["n_seeds"] == 1
     assert vs["dice_bone"]["per_seed"][42]["not_better"] == ["mm2ct"] and not vs["dice_bone"]["all_seeds"]
     assert "input_usage" not in t.ordering and "input_usage" not in t.ordering["vs_syndiff"]   # not a claim
     md = t.markdown
@@ -354,3 +356,43 @@ def test_table2_shows_bone_dice_and_input_usage(tmp_path):
     assert "| 0.625 ± 0.050 | 0.25 ± 0.12 | 25.72 | 89.54 |" in t.markdown
     assert "dice_bone" in t.ordering and "input_usage" not in t.ordering and "template" not in set(t.frame["model"])
     assert "The template (no MR), the floor every model has to beat, is in Table 1." in t.markdown
+
+
+def test_the_extra_row_follows_the_profiles_models(tmp_path):
+    """A profile that does not train the conv-only fusion (the demo, to fit its time budget) gets Table 2 without
+    that row, says so, and never asks for the run; the paper's rows stay."""
+    ws = resolve("smoke", root=tmp_path, reports_dir=tmp_path / "reports",
+                 train={"models": ["cyclegan_t1", "cyclegan_t2", "syndiff_t1", "syndiff_t2", "mm2ct", "mm2ct_node"]})
+    assert "mm2ct_nomamba" not in reports.run_models(reports.TABLE2, ws)
+    assert "mm2ct_nomamba" in reports.run_models(reports.TABLE2)
+    _summary(ws, "syndiff_t1", 42, 22.0, 102.0, val_psnr=19.0)
+    _summary(ws, "syndiff_t2", 42, 21.0, 101.0, val_psnr=18.0)
+    for m, p in (("mm2ct_node", 23.0), ("mm2ct", 24.0)):
+        _summary(ws, m, 42, p, 80.0 + p)
+    t = reports.table2(ws)
+    assert list(t.frame["model"]) == ["syndiff_best", "mm2ct_node", "mm2ct"]
+    assert "Not in this profile (its train.models): conv-only fusion (ours) (mm2ct_nomamba)." in t.markdown
+
+
+def test_orderings_over_seeds_hold_fail_or_sit_within_the_spread(tmp_path):
+    """Over several seeds an ordering holds (every seed, mean margin beyond the margins' spread), fails (no seed,
+    beyond the spread) or is within the seeds' spread; each is said in the table with its margin."""
+    ws = _ws(tmp_path, seeds=(1, 2, 3))
+    psnr = {1: 25.0, 2: 24.0, 3: 26.0}        # MM2CT - best single: +3, +2, +4 -> holds
+    ssim = {1: 81.0, 2: 79.0, 3: 85.0}        # SSIM margin: +1, -1, +5 -> within the spread
+    mae = {1: 90.0, 2: 92.0, 3: 91.0}         # MAE margin: -10, -12, -11 (lower is better) -> fails
+    for s in (1, 2, 3):
+        for m in TABLE1_MODELS[:-1]:
+            _summary(ws, m, s, 20.0 + (m == "syndiff_t2") * 2, 80.0, mae=80.0)
+        _summary(ws, "mm2ct", s, psnr[s], ssim[s], mae=mae[s])
+    _summary(ws, "template", 1, 10.0, 50.0, mae=139.0)
+    t = reports.table1(ws)
+    vs = t.ordering["vs_syndiff"]
+    assert vs["psnr"]["verdict"] == "holds" and vs["psnr"]["margin_mean"] == pytest.approx(3.0)
+    assert vs["psnr"]["margin_std"] == pytest.approx(1.0)
+    assert vs["ssim"]["verdict"] == "within the seeds' spread" and not vs["ssim"]["all_seeds"]
+    assert vs["mae_hu"]["verdict"] == "fails" and vs["mae_hu"]["margin_mean"] == pytest.approx(-11.0)
+    md = t.markdown
+    assert "- PSNR (dB): holds for every seed (seed 1: yes, seed 2: yes, seed 3: yes); over seeds: holds, " \
+           "margin +3.00 ± 1.00" in md
+    assert "over seeds: within the seeds' spread, margin +1.67 ± 3.06" in md

@@ -201,7 +201,7 @@ def fused_figure(ws: Workspace, models: list[str] | None = None, seed: int | Non
     ``fused.png`` / ``fused.txt`` (caption + provenance); the slices are Fig. 4's."""
     from matplotlib.figure import Figure
 
-    models = list(models or FUSION_MODELS)
+    models = list(models or [m for m in FUSION_MODELS if m in ws.cfg.train.models])
     seed = int(ws.cfg.train.seeds[0] if seed is None else seed)
     preds = load_predictions(ws, models, seed)
     stale = [m for m in models if "fused" not in preds[m]]

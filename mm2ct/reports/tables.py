@@ -82,10 +82,21 @@ class Table:
 
 
 # ------------------------------------------------------------------------------------------------ rows
-def run_models(specs: tuple[RowSpec, ...]) -> list[str]:
-    """The trained runs a table reads, in row order (a chosen row reads each of its candidates)."""
+def profile_rows(specs: tuple[RowSpec, ...], ws: Workspace | None = None) -> tuple[RowSpec, ...]:
+    """The rows a workspace's profile has: a row of ours that is a trainable model (the conv-only fusion) only when
+    the profile trains it (``train.models``); the paper's rows and the template always."""
+    from mm2ct.translators import MODELS
+
+    if ws is None:
+        return specs
+    return tuple(s for s in specs if not (s.ours and s.model in MODELS and s.model not in ws.cfg.train.models))
+
+
+def run_models(specs: tuple[RowSpec, ...], ws: Workspace | None = None) -> list[str]:
+    """The trained runs a table reads, in row order (a chosen row reads each of its candidates); with ``ws``, only
+    the rows its profile has (``profile_rows``)."""
     out: list[str] = []
-    for spec in specs:
+    for spec in profile_rows(specs, ws):
         out += [m for m in (spec.choose_from or (spec.model,)) if m not in out]
     return out
 
@@ -145,6 +156,32 @@ def _better(a: float, b: float, key: str) -> bool:
     return a < b if key in LOWER_IS_BETTER else a > b
 
 
+def _margin(a: float, b: float, key: str) -> float:
+    """How much better a is than b (positive: better; MAE: lower is better)."""
+    return float(b - a) if key in LOWER_IS_BETTER else float(a - b)
+
+
+def _over_seeds(seeds_ok: dict) -> dict[str, Any]:
+    """A check's result over seeds from each seed's ``holds`` and ``margin`` (positive when the claim holds):
+    ``all_seeds``; ``verdict`` "holds" / "fails" when every seed agrees and the mean margin exceeds the margins'
+    standard deviation across seeds (ddof 1), else "within the seeds' spread"; with one seed, "holds" / "fails"
+    for that seed alone (``n_seeds`` 1: no spread to compare with); the margins' mean and std."""
+    holds = [v["holds"] for v in seeds_ok.values()]
+    margins = np.asarray([v["margin"] for v in seeds_ok.values()], dtype=float)
+    mean = float(np.nanmean(margins)) if np.isfinite(margins).any() else math.nan
+    std = float(np.nanstd(margins, ddof=1)) if np.isfinite(margins).sum() > 1 else math.nan
+    if len(holds) == 1:
+        verdict = "holds" if holds[0] else "fails"
+    elif all(holds) and mean > std:
+        verdict = "holds"
+    elif not any(holds) and -mean > std:
+        verdict = "fails"
+    else:
+        verdict = "within the seeds' spread"
+    return {"per_seed": seeds_ok, "all_seeds": all(holds), "verdict": verdict, "n_seeds": len(holds),
+            "margin_mean": mean, "margin_std": std}
+
+
 def _ordering_vs(per_seed: dict, seeds: list[int], baselines: tuple[str, ...], claim: str) -> dict[str, Any]:
     """Per metric and seed: does MM2CT beat the best of ``baselines`` (best chosen per seed and metric)?"""
     out: dict[str, Any] = {"claim": claim}
@@ -154,9 +191,10 @@ def _ordering_vs(per_seed: dict, seeds: list[int], baselines: tuple[str, ...], c
             singles = {m: per_seed[m][s][key] for m in baselines}
             best = min(singles, key=singles.get) if key in LOWER_IS_BETTER else max(singles, key=singles.get)
             seeds_ok[s] = {"holds": bool(_better(per_seed["mm2ct"][s][key], singles[best], key)),
+                           "margin": _margin(per_seed["mm2ct"][s][key], singles[best], key),
                            "best_single": best, "best_single_value": singles[best],
                            "mm2ct": per_seed["mm2ct"][s][key]}
-        out[key] = {"per_seed": seeds_ok, "all_seeds": all(v["holds"] for v in seeds_ok.values())}
+        out[key] = _over_seeds(seeds_ok)
     return out
 
 
@@ -180,8 +218,9 @@ def _ordering_vs_template(per_seed: dict, seeds: list[int], models: list[str]) -
         for s in seeds:
             t = per_seed[TEMPLATE][s][key]
             not_better = [m for m in models if not _better(per_seed[m][s][key], t, key)]
-            seeds_ok[s] = {"holds": not not_better, "template": t, "not_better": not_better}
-        out[key] = {"per_seed": seeds_ok, "all_seeds": all(v["holds"] for v in seeds_ok.values())}
+            seeds_ok[s] = {"holds": not not_better, "template": t, "not_better": not_better,
+                           "margin": min(_margin(per_seed[m][s][key], t, key) for m in models)}
+        out[key] = _over_seeds(seeds_ok)
     return out
 
 
@@ -191,8 +230,10 @@ def _ordering_table2(per_seed: dict, seeds: list[int]) -> dict[str, Any]:
     for key in ORDER_KEYS:
         seeds_ok = {s: {"holds": all(_better(per_seed[b][s][key], per_seed[a][s][key], key)
                                      for a, b in zip(chain, chain[1:])),
+                        "margin": min(_margin(per_seed[b][s][key], per_seed[a][s][key], key)
+                                      for a, b in zip(chain, chain[1:])),
                         **{m: per_seed[m][s][key] for m in chain}} for s in seeds}
-        out[key] = {"per_seed": seeds_ok, "all_seeds": all(v["holds"] for v in seeds_ok.values())}
+        out[key] = _over_seeds(seeds_ok)
     return out
 
 
@@ -202,18 +243,28 @@ def orderings(ordering: dict) -> list[dict]:
 
 
 def _verdicts(order: dict) -> list[tuple[str, str, str, str]]:
-    """(metric key, label, verdict, per-seed text) for each metric an ordering check covers."""
+    """(metric key, label, verdict, per-seed text with the verdict over seeds) for each metric a check covers."""
     out = []
     for key, _, label, _ in METRICS:
         if key not in order:
             continue
-        per = order[key]["per_seed"]
-        verdict = "holds for every seed" if order[key]["all_seeds"] else "does NOT hold for every seed"
-        out.append((key, label, verdict, ", ".join(
-            f"seed {s}: {'yes' if v['holds'] else 'no'}"
-            + (f" (not better: {', '.join(v['not_better'])})" if v.get("not_better") else "")
-            for s, v in per.items())))
+        o = order[key]
+        per = o["per_seed"]
+        verdict = "holds for every seed" if o["all_seeds"] else "does NOT hold for every seed"
+        seeds = ", ".join(f"seed {s}: {'yes' if v['holds'] else 'no'}"
+                          + (f" (not better: {', '.join(v['not_better'])})" if v.get("not_better") else "")
+                          for s, v in per.items())
+        d = _decimals(key)
+        if o["n_seeds"] > 1:
+            over = f"; over seeds: {o['verdict']}, margin {o['margin_mean']:+.{d}f} ± {o['margin_std']:.{d}f}"
+        else:
+            over = f"; one seed: margin {o['margin_mean']:+.{d}f}, no spread to tell it from noise"
+        out.append((key, label, verdict, f"({seeds}){over}"))
     return out
+
+
+def _decimals(key: str) -> int:
+    return next(d for k, _, _, d in METRICS if k == key)
 
 
 def ordering_lines(ordering: dict) -> list[str]:
@@ -222,7 +273,7 @@ def ordering_lines(ordering: dict) -> list[str]:
     lines = []
     for order in orderings(ordering):
         lines.append(order["claim"])
-        lines += [f"  {label:14s} {verdict} ({seeds})" for _, label, verdict, seeds in _verdicts(order)]
+        lines += [f"  {label:14s} {verdict} {seeds}" for _, label, verdict, seeds in _verdicts(order)]
     return lines
 
 
@@ -256,7 +307,7 @@ def _markdown(title: str, rows: list[dict], specs: tuple[RowSpec, ...], ordering
     for order in orderings(ordering):
         lines.append(f"**Ordering ({order['claim']})**, per seed:")
         lines.append("")
-        lines += [f"- {label}: {verdict} ({seeds})" for _, label, verdict, seeds in _verdicts(order)]
+        lines += [f"- {label}: {verdict} {seeds}" for _, label, verdict, seeds in _verdicts(order)]
         lines.append("")
     lines.append("Paper numbers: " + "; ".join(f"{r['method']} ({r['input']}): {r['paper_status']}"
                                                 for r in rows) + ".")
@@ -272,7 +323,7 @@ def _csv(rows: list[dict], prov: dict, ordering: dict) -> str:
     for order in orderings(ordering):
         for key, _, verdict, seeds in _verdicts(order):
             holds = "holds" if order[key]["all_seeds"] else "does not hold"
-            head.append(f"# ordering {order['claim']} on {key}: {holds} for every seed ({seeds})")
+            head.append(f"# ordering {order['claim']} on {key}: {holds} for every seed {seeds}")
     buf = io.StringIO()
     pd.DataFrame(rows).to_csv(buf, index=False)
     return "\n".join(head) + "\n" + buf.getvalue()
@@ -298,6 +349,11 @@ def _build(ws: Workspace, name: str, label: str, title: str, specs: tuple[RowSpe
     import pandas as pd
 
     seeds = [int(s) for s in (ws.cfg.train.seeds if seeds is None else seeds)]
+    left_out = [s for s in specs if s not in profile_rows(specs, ws)]
+    if left_out:
+        notes = [*notes, "Not in this profile (its train.models): " + ", ".join(
+            f"{s.method} ({s.model})" for s in left_out) + "."]
+    specs = profile_rows(specs, ws)
     summaries = load_summaries(ws, run_models(specs), seeds)
     rows, per_seed = _rows(specs, _with_chosen(specs, summaries, seeds), seeds)
     ordering = ordering_fn(per_seed, seeds)
