@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/inference.py                        # paper profile, 64 slices, 1 and 4 samples
     .venv/bin/python benchmarks/inference.py --repeats 5 --json reports/bench_inference.json
+    .venv/bin/python benchmarks/inference.py --conv --threads 1 --repeats 7    # the causal conv of the mixers
 
 What it times (paper widths, ``--size`` px, ``--batch`` slices per forward pass, no_grad, the scan backend auto picks):
   fusion        Φ(T1, T2), MM2CT's fusion module (the condition of its generators)
@@ -19,12 +20,24 @@ convolution; "x bound" = time / bound. The selective scans (46 per fusion pass) 
 run at the speed of exp, not of a matrix product: "scan s" is their time measured alone in the same run (every scan
 of one fusion pass at its shape), and "x bound+scan" compares with FLOPs / peak + that time.
 Other processes slow every number: the load average is printed at the start and the end.
+
+``--conv`` times the depthwise causal conv of the Mamba mixers (``mm2ct.ops.causal_conv``, width 4, bias, SiLU)
+instead: the reference ``F.conv1d`` (oneDNN) against the CPU path of shifted multiply-adds, forward (no_grad) and
+forward + backward (gradients of x, weight and bias), at the paper's inference shape (1, 120, 65536: d_inner of
+C = 60 at 256 px) and the demo's training shape (4, 32, 2304: batch 4, C = 16 at 48 px); each time the median of
+``--repeats`` samples of calls, a sample lasting at least 0.1 s. "copy ms" is a copy of x (one read, one write of a
+(B, D, L) tensor), the memory traffic of a forward that fuses everything: the lower bound. "faults" are the minor
+page faults per call (fresh memory the allocator maps, touched for the first time: much of the reference's time
+when it runs alone); "saved MB" what the autograd graph keeps for the backward. Then the fusion module's forward
+at ``--size`` px with either conv, as ``mm2ct translate`` runs it.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -163,6 +176,128 @@ def print_table(table: list[dict], slices: int) -> None:
           f"/ peak); x bound+scan: time / (FLOPs / peak + the scans' time measured alone)")
 
 
+CONV_SHAPES = (("paper inference", (1, 120, 65536)), ("demo training", (4, 32, 2304)))
+
+
+@contextlib.contextmanager
+def reference_conv():
+    """``mm2ct.ops.causal_conv.causal_conv1d`` runs the reference (F.conv1d) on CPU tensors too, as before the CPU
+    path existed."""
+    from mm2ct.ops import causal_conv
+
+    fast = causal_conv.causal_conv1d_cpu
+    causal_conv.causal_conv1d_cpu = lambda x, w, b, activation: causal_conv.causal_conv1d_ref(x, w, b, activation)
+    try:
+        yield
+    finally:
+        causal_conv.causal_conv1d_cpu = fast
+
+
+def _per_call(fn, repeats: int, min_s: float = 0.1) -> tuple[float, float]:
+    """(median seconds per call over ``repeats`` samples of n calls, each sample >= ``min_s``; minor page faults
+    per call)."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    n = max(1, int(min_s / max(time.perf_counter() - t0, 1e-6)))
+    faults0, times = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        times.append((time.perf_counter() - t0) / n)
+    return statistics.median(times), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / (n * repeats)
+
+
+def _saved_mb(fn) -> float:
+    """MB of the distinct storages the autograd graph of ``fn()`` saves for the backward."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values()) / 2**20
+
+
+def _conv_row(what: str, shape: tuple[int, int, int], repeats: int) -> list[dict]:
+    """The forward and fwd+bwd rows of one shape: reference vs CPU path, and the copy bound."""
+    from mm2ct.ops.causal_conv import causal_conv1d_cpu, causal_conv1d_ref
+
+    g = torch.Generator().manual_seed(0)
+    x, dy = torch.randn(shape, generator=g), torch.randn(shape, generator=g)  # (B, D, L)
+    w, b = torch.randn(shape[1], 4, generator=g) / 2, torch.randn(shape[1], generator=g)  # (D, K), (D,)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    copy = torch.empty_like(x)
+    copy_s, _ = _per_call(lambda: copy.copy_(x), repeats)
+    rows_ = []
+    for mode in ("forward", "fwd+bwd"):
+        row = {"what": what, "shape": shape, "mode": mode, "copy_ms": copy_s * 1e3}
+        for name, conv in (("ref", causal_conv1d_ref), ("fast", causal_conv1d_cpu)):
+            def forward(conv=conv):
+                with torch.no_grad():
+                    return conv(x, w, b, "silu")
+
+            def fwd_bwd(conv=conv):
+                return torch.autograd.grad(conv(*leaves, "silu"), leaves, dy)
+
+            if mode == "fwd+bwd":
+                row[f"{name}_saved_mb"] = _saved_mb(lambda conv=conv: conv(*leaves, "silu"))
+            t, faults = _per_call(forward if mode == "forward" else fwd_bwd, repeats)
+            row[f"{name}_ms"], row[f"{name}_faults"] = t * 1e3, faults
+        rows_.append(row)
+        print(f"  measured conv {what} {mode}: F.conv1d {row['ref_ms']:.2f} ms, fast {row['fast_ms']:.2f} ms",
+              file=sys.stderr, flush=True)
+    return rows_
+
+
+def measure_conv(args) -> list[dict]:
+    """The conv alone at ``CONV_SHAPES``, reference vs CPU path, forward and forward + backward (module docstring)."""
+    return [row for what, shape in CONV_SHAPES for row in _conv_row(what, shape, args.repeats)]
+
+
+def measure_fusion_conv(args) -> dict:
+    """The fusion module's forward at ``--size`` px (``--batch`` slices) with the reference conv and with the CPU
+    path, alternated, ``--repeats`` times each: median seconds per slice."""
+    from mm2ct.config import load_profile
+    from mm2ct.models.fusion import FusionModule
+
+    cfg = load_profile("paper", data={"image_size": args.size})
+    torch.manual_seed(0)
+    fusion = FusionModule(cfg.fusion).eval()
+    t1, t2 = (torch.rand(args.batch, 1, args.size, args.size) * 2 - 1 for _ in range(2))
+    times = {"ref": [], "fast": []}
+    with torch.no_grad():
+        fusion(t1[..., :8, :8], t2[..., :8, :8])  # warm-up: kernel build / load
+        for _ in range(args.repeats):
+            for name, seconds in times.items():
+                with reference_conv() if name == "ref" else contextlib.nullcontext():
+                    t0 = time.perf_counter()
+                    fusion(t1, t2)
+                    seconds.append((time.perf_counter() - t0) / args.batch)
+    print(f"  measured fusion forward: F.conv1d {', '.join(f'{t:.2f}' for t in times['ref'])} s, fast "
+          f"{', '.join(f'{t:.2f}' for t in times['fast'])} s per slice", file=sys.stderr, flush=True)
+    return {"size": args.size, "ref_s": statistics.median(times["ref"]), "fast_s": statistics.median(times["fast"]),
+            "ref_times_s": times["ref"], "fast_times_s": times["fast"]}
+
+
+def print_conv_table(rows_: list[dict], fusion: dict | None) -> None:
+    print(f"\n{'causal conv, K = 4, SiLU':34s} {'F.conv1d':>9s} {'fast':>7s} {'speed-up':>8s} {'copy':>6s} "
+          f"{'fast/copy':>9s} {'faults ref/fast':>15s} {'saved MB ref/fast':>17s}")
+    for r in rows_:
+        saved = f"{r['ref_saved_mb']:.1f} / {r['fast_saved_mb']:.1f}" if "ref_saved_mb" in r else ""
+        print(f"{r['what'] + ' ' + 'x'.join(map(str, r['shape'])) + ' ' + r['mode']:34s} {r['ref_ms']:7.2f}ms "
+              f"{r['fast_ms']:5.2f}ms {r['ref_ms'] / r['fast_ms']:7.2f}x {r['copy_ms']:4.2f}ms "
+              f"{r['fast_ms'] / r['copy_ms']:8.2f}x {r['ref_faults']:7.0f} / {r['fast_faults']:<5.0f} {saved:>17s}")
+    if fusion:
+        print(f"{'fusion forward, ' + str(fusion['size']) + ' px, s/slice':34s} {fusion['ref_s']:8.2f}s "
+              f"{fusion['fast_s']:6.2f}s {fusion['ref_s'] / fusion['fast_s']:7.2f}x")
+    print("speed-up: F.conv1d time / fast time; copy: one read + one write of x (the fused lower bound); faults: "
+          "minor page faults per call")
+
+
 def main(argv=None) -> int:
     from mm2ct.atomic import write_text
     from mm2ct.ops.selective_scan import resolve_backend
@@ -174,10 +309,24 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per part (median; default 3)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--json", type=Path, default=None, help="write the figures to this JSON file")
+    ap.add_argument("--conv", action="store_true", help="time the mixers' causal conv instead (module docstring)")
+    ap.add_argument("--no-fusion", action="store_true", help="with --conv: leave out the fusion module's forward")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     load = os.getloadavg()
+    if args.conv:
+        print(f"{torch.get_num_threads()} threads; load average {load[0]:.1f}", flush=True)
+        conv_rows = measure_conv(args)
+        fusion = None if args.no_fusion else measure_fusion_conv(args)
+        print_conv_table(conv_rows, fusion)
+        print(f"load average {load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (other processes slow "
+              f"every number)")
+        if args.json:
+            write_text(args.json, json.dumps({"args": vars(args) | {"json": str(args.json)}, "conv": conv_rows,
+                                              "fusion": fusion}, indent=1))
+            print(f"wrote {args.json}")
+        return 0
     peak = compute_peak()
     print(f"{torch.get_num_threads()} threads, scan backend {resolve_backend('auto', torch.device('cpu'))}; compute "
           f"peak {peak['peak_gflops']:.0f} GFLOP/s (matmul {peak['matmul_gflops']:.0f}, conv "
