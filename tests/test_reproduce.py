@@ -91,7 +91,7 @@ def test_executed_notebooks_read_without_a_kernel(tmp_path) -> None:
                     nbformat.v4.new_output("display_data", data={WIDGET_VIEW: {"model_id": "2"}}),
                     nbformat.v4.new_output("display_data", data={"image/png": "iVBOR"})]
     printed = nbformat.v4.new_code_cell("print(run)")
-    printed.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"saved -> {tmp_path}/work/runs/demo\n")]
+    printed.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"saved -> {tmp_path}/scratch/runs/demo\n")]
     nb.cells = [cell, printed]
     nb.metadata["papermill"] = {"input_path": str(tmp_path / "nbs" / "06.ipynb"), "parameters": {"profile": "demo"}}
     path = tmp_path / "06.ipynb"
@@ -100,5 +100,5 @@ def test_executed_notebooks_read_without_a_kernel(tmp_path) -> None:
     out = nbformat.read(path, as_version=4)
     assert "widgets" not in out.metadata
     assert [dict(o["data"]) for o in out.cells[0].outputs] == [{"text/plain": "100%|##| 4/4"}, {"image/png": "iVBOR"}]
-    assert out.cells[1].outputs[0]["text"] == "saved -> work/runs/demo\n"   # no folder of the machine that ran it
+    assert out.cells[1].outputs[0]["text"] == "saved -> scratch/runs/demo\n"   # no folder of the machine that ran it
     assert out.metadata["papermill"]["input_path"] == "nbs/06.ipynb" and str(tmp_path) not in path.read_text()
