@@ -74,8 +74,10 @@ def test_a_profile_can_extend_another(tmp_path) -> None:
     assert seeds.profile == "demo_seeds" and seeds.train.seeds == (42, 43, 44)
     assert seeds.fusion == load_profile("demo").fusion
     long, demo = load_profile("demo_long"), load_profile("demo")
-    assert long.train.epochs == 20 and long.train.lr_schedule_epochs is None and demo.train.lr_schedule_epochs == 100
-    assert dataclasses.replace(long.train, epochs=5, lr_schedule_epochs=100) == demo.train
+    assert long.train.epochs == 60 and long.train.lr_schedule_epochs is None and demo.train.lr_schedule_epochs == 100
+    assert "mm2ct_nomamba" in long.train.models and "mm2ct_nomamba" not in demo.train.models
+    assert dataclasses.replace(long.train, epochs=15, lr_schedule_epochs=100, ema_decay=0.95, val_every=3,
+                               models=demo.train.models) == demo.train
     (tmp_path / "a.yaml").write_text(f"extends: {tmp_path / 'b.yaml'}\n")
     (tmp_path / "b.yaml").write_text(f"extends: {tmp_path / 'a.yaml'}\n")
     with pytest.raises(ConfigError, match="in a circle"):
