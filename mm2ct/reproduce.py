@@ -53,15 +53,18 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 def publishable(path: Path, roots: tuple[str | os.PathLike, ...] = ()) -> None:
     """Make an executed notebook fit to publish: strip what only a live kernel can show (ipywidgets state and widget
     views; their plain-text fallback stays), so that it reads on the web as it ran, and write the folders in
-    ``roots`` (default: the repository and the work directory) as relative paths, so that it names no folder of the
-    machine that ran it."""
+    ``roots`` (default: the repository and the work directory) as relative paths and the user's home folder as
+    ``~``, so that it names no folder of the machine that ran it."""
     import nbformat
 
     roots = tuple(str(Path(r).resolve()) for r in roots or (repo_root(), workdir()))
+    home = str(Path.home().resolve())
 
     def scrub(text: str) -> str:
         for r in sorted(set(roots), key=len, reverse=True):
             text = text.replace(r + os.sep, "").replace(r, ".")
+        if len(Path(home).parts) > 1:     # a home of "/" would turn every absolute path into "~"
+            text = re.sub(re.escape(home) + r"(?![\w.-])", "~", text)    # not the home "ann" inside "anna"
         return text
 
     nb = nbformat.read(path, as_version=4)

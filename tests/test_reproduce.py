@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -102,3 +103,26 @@ def test_executed_notebooks_read_without_a_kernel(tmp_path) -> None:
     assert [dict(o["data"]) for o in out.cells[0].outputs] == [{"text/plain": "100%|##| 4/4"}, {"image/png": "iVBOR"}]
     assert out.cells[1].outputs[0]["text"] == "saved -> scratch/runs/demo\n"   # no folder of the machine that ran it
     assert out.metadata["papermill"]["input_path"] == "nbs/06.ipynb" and str(tmp_path) not in path.read_text()
+
+
+def test_executed_notebooks_name_no_home_folder(tmp_path, monkeypatch) -> None:
+    """A folder under the user's home that is neither the repository nor the work directory (the C++ scan's cache,
+    printed by notebooks 00 and 02) is published as ``~/...``; a longer user name that starts alike is left alone."""
+    import nbformat
+
+    from mm2ct.reproduce import publishable
+
+    home = tmp_path / "home" / "ann"
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: home))
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("print(reason)")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout",
+                                           text=f"C++ kernel loaded (cached at {home}/.cache/ext)\n"
+                                                f"{home}a/data\n")]
+    nb.cells = [cell]
+    path = tmp_path / "nb" / "00.ipynb"
+    path.parent.mkdir()
+    nbformat.write(nb, path)
+    publishable(path, roots=(tmp_path / "repo",))
+    text = nbformat.read(path, as_version=4).cells[0].outputs[0]["text"]
+    assert text == f"C++ kernel loaded (cached at ~/.cache/ext)\n{home}a/data\n"

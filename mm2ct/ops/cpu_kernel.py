@@ -104,7 +104,14 @@ def status() -> tuple[bool, str]:
         load_module()
     except RuntimeError as e:
         return False, str(e)
-    return True, f"C++ kernel {_build_note} (cached at {Path(_library).parent})"
+    return True, f"C++ kernel {_build_note} (cached at {_home_as_tilde(Path(_library).parent)})"
+
+
+def _home_as_tilde(path: Path) -> str:
+    """``path`` with the user's home folder written ``~``: the reason is printed by ``mm2ct env`` and notebooks 00
+    and 02, whose executed copies are published."""
+    home = Path.home()
+    return "~/" + path.relative_to(home).as_posix() if home in path.parents else str(path)
 
 
 class _ScanCPU(torch.autograd.Function):
