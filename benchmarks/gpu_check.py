@@ -650,18 +650,6 @@ def train_loop(args, device, entry: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ inference
-def _normalisers(cfg, case) -> dict:
-    from mm2ct.data.preprocess import IntensityNormaliser
-
-    out = {}
-    for key in ("t1", "t2"):
-        n = IntensityNormaliser.for_mr(cfg.data)
-        vol = getattr(case, key)
-        out[key] = n.fit([n.volume_max(vol, n.scale(vol, case.mask))]).to_dict()
-    out["ct"] = IntensityNormaliser.for_ct(cfg.data).to_dict()
-    return out
-
-
 def inference(args, device, entry: dict) -> None:
     import nibabel as nib
     import torch
@@ -669,6 +657,7 @@ def inference(args, device, entry: dict) -> None:
     from mm2ct.checkpoints import EMA, atomic_save, make_checkpoint
     from mm2ct.cli import main as cli
     from mm2ct.data.phantom import generate_patient, write_patient
+    from mm2ct.data.preprocess import case_normalisers
     from mm2ct.runtime import seed_everything
     from mm2ct.translators import build
 
@@ -689,7 +678,7 @@ def inference(args, device, entry: dict) -> None:
     seed_everything(0)
     tr = build(model, cfg)
     ckpt = work / f"{model}.pt"
-    atomic_save(make_checkpoint(tr, EMA(tr.generators(), cfg.train.ema_decay), None, _normalisers(cfg, case), model,
+    atomic_save(make_checkpoint(tr, EMA(tr.generators(), cfg.train.ema_decay), None, case_normalisers(cfg.data, case), model,
                                 cfg, 0, 0, 0.0, 0, 0.0, "gpu_check", 0), ckpt)
     del tr
     entry.update(model=model, volume=list(case.t2.shape), image_size=cfg.data.image_size, runs=[])

@@ -52,7 +52,8 @@ def is_temporary(name: str) -> bool:
     return _TMP.match(name) is not None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine still runs (another user's process counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -73,7 +74,7 @@ def sweep_stale(folder: str | os.PathLike) -> list[Path]:
         return removed
     for entry in folder.iterdir():
         m = _TMP.match(entry.name)
-        if m is None or int(m["pid"]) == os.getpid() or _alive(int(m["pid"])):
+        if m is None or int(m["pid"]) == os.getpid() or pid_alive(int(m["pid"])):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

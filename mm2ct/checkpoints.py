@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mm2ct.atomic import atomic_path, temporary_name
+from mm2ct.atomic import atomic_path, pid_alive, temporary_name
 from mm2ct.config import ConfigError, from_dict, retire_keys
 from mm2ct.provenance import machine
 from mm2ct.workspace import Workspace
@@ -65,13 +65,6 @@ def _read_lock(path: Path) -> dict[str, Any] | None:
     return holder if isinstance(holder, dict) else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:            # another user's process
-        return True
     return True
 
 
@@ -126,7 +119,7 @@ def run_lock(folder: str | os.PathLike, log=None) -> Iterator[Path]:
             raise RunError(f"{folder}: in use by another training (pid {holder.get('pid')} on host "
                            f"{holder.get('host')}, since {holder.get('started', '?')}); mm2ct cannot check a process "
                            f"on another machine: if it no longer runs, delete {path}")
-        elif _alive(int(holder.get("pid", -1))):
+        elif pid_alive(int(holder.get("pid", -1))):
             raise RunError(f"{folder}: in use by another training (pid {holder['pid']} on this host, since "
                            f"{holder.get('started', '?')}); wait for it to finish (two trainings of one run would "
                            f"write into the same files)")

@@ -15,20 +15,10 @@ from mm2ct.cli import main
 from mm2ct.config import load_profile
 from mm2ct.data.io import DataError
 from mm2ct.data.phantom import generate_patient, write_patient
-from mm2ct.data.preprocess import IntensityNormaliser
+from mm2ct.data.preprocess import case_normalisers
 from mm2ct.infer import spread_path, translate_volume
 from mm2ct.checkpoints import EMA, atomic_save, make_checkpoint
 from mm2ct.translators import build
-
-
-def _normalisers(cfg, case) -> dict:
-    out = {}
-    for key in ("t1", "t2"):
-        n = IntensityNormaliser.for_mr(cfg.data)
-        vol = getattr(case, key)
-        out[key] = n.fit([n.volume_max(vol, n.scale(vol, case.mask))]).to_dict()
-    out["ct"] = IntensityNormaliser.for_ct(cfg.data).to_dict()
-    return out
 
 
 def _save_checkpoint(path, model, cfg, normalisers=None):
@@ -48,7 +38,7 @@ def env(tmp_path_factory):
     cfg = load_profile("smoke", data={"image_size": 16}, translator={"nf": 4, "ngf": 4, "ndf": 4, "disc_ngf": 4})
     case = generate_patient(seed=5, grid="tiny", n_slices=4, t1_grid="own")
     pat = write_patient(case, root / "patient", labels=False)
-    norms = _normalisers(cfg, case)
+    norms = case_normalisers(cfg.data, case)
     return {
         "root": root, "cfg": cfg, "t1": pat / "t1.nii.gz", "t2": pat / "t2.nii.gz", "norms": norms,
         "mm2ct": _save_checkpoint(root / "ck" / "mm2ct_nomamba.pt", "mm2ct_nomamba", cfg, norms),

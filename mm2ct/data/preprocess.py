@@ -189,6 +189,19 @@ class IntensityNormaliser:
         return cls(cfg_data.ct_norm, float(cfg_data.hu_min), float(cfg_data.hu_max))
 
 
+def case_normalisers(cfg_data, case) -> dict[str, dict]:
+    """The normalisers a checkpoint stores (``IntensityNormaliser.to_dict`` for ``t1``, ``t2`` and ``ct``), fitted on
+    one case (``.t1``, ``.t2``, ``.mask``) instead of a training set: for checkpoints made without a slice cache (the
+    GPU check's, the tests')."""
+    out = {}
+    for key in ("t1", "t2"):
+        n = IntensityNormaliser.for_mr(cfg_data)
+        vol = getattr(case, key)
+        out[key] = n.fit([n.volume_max(vol, n.scale(vol, case.mask))]).to_dict()
+    out["ct"] = IntensityNormaliser.for_ct(cfg_data).to_dict()
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- slice geometry
 
 @dataclass(frozen=True)
