@@ -3,8 +3,8 @@
 * every ``method.md §X`` / ``data.md §X`` citation (also ranges ``§2.3-2.5`` and lists ``§1, §2``) in a text file of
   the working tree names a heading ``## X.`` / ``### X ...`` of ``docs/method.md`` / ``docs/data.md``;
 * every "open choice N" names an item of the Open choices list of ``docs/method.md``;
-* every ``docs/NAME.md`` (and bare ``design.md`` / ``contributing.md`` / ``method.md`` / ``data.md``) that is
-  mentioned exists;
+* every documentation file under ``docs/`` that is mentioned (also bare ``design.md`` / ``contributing.md`` /
+  ``method.md`` / ``data.md``) exists;
 * no text file refers to a path outside the repository (a shared notes folder, the machine's work folder, a home
   directory).
 
