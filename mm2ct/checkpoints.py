@@ -65,9 +65,6 @@ def _read_lock(path: Path) -> dict[str, Any] | None:
     return holder if isinstance(holder, dict) else None
 
 
-    return True
-
-
 def _create(path: Path, text: str) -> bool:
     """Create ``path`` holding ``text`` only if it does not exist (a complete file appears at once); False if it
     exists."""

@@ -153,7 +153,7 @@ def _rows(specs: tuple[RowSpec, ...], summaries: dict, seeds: list[int]):
 # ------------------------------------------------------------------------------------------------ orderings
 def _better(a: float, b: float, key: str) -> bool:
     """a strictly better than b (MAE: lower is better); nan is never better."""
-    return a < b if key in LOWER_IS_BETTER else a > b
+    return _margin(a, b, key) > 0
 
 
 def _margin(a: float, b: float, key: str) -> float:
