@@ -678,8 +678,8 @@ def inference(args, device, entry: dict) -> None:
     seed_everything(0)
     tr = build(model, cfg)
     ckpt = work / f"{model}.pt"
-    atomic_save(make_checkpoint(tr, EMA(tr.generators(), cfg.train.ema_decay), None, case_normalisers(cfg.data, case), model,
-                                cfg, 0, 0, 0.0, 0, 0.0, "gpu_check", 0), ckpt)
+    atomic_save(make_checkpoint(tr, EMA(tr.generators(), cfg.train.ema_decay), None, case_normalisers(cfg.data, case),
+                                model, cfg, 0, 0, 0.0, 0, 0.0, "gpu_check", 0), ckpt)
     del tr
     entry.update(model=model, volume=list(case.t2.shape), image_size=cfg.data.image_size, runs=[])
     dev = "cuda" if device.type == "cuda" else "cpu"
